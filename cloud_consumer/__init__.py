@@ -1,0 +1,1 @@
+"""MeterLink the stream consumer (decode, dedupe, detect, alerts, archive)."""

@@ -1,0 +1,1 @@
+"""MeterLink the gateway agent (sources, windows, durable buffer, MQTT publisher)."""

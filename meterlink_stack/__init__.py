@@ -1,0 +1,1 @@
+"""Developer tooling: the local stack that stands in for AWS, and the dev PKI."""

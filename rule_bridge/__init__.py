@@ -1,0 +1,1 @@
+"""Rule bridge: MQTT → Kinesis, the local stand-in for the IoT Core topic rule."""

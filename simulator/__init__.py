@@ -1,0 +1,1 @@
+"""MeterLink the simulated meter and gateway fleet."""

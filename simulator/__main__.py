@@ -1,0 +1,20 @@
+"""`meter-sim`: the simulated meter and gateway fleet."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import version
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `meter-sim` console script."""
+    parser = argparse.ArgumentParser(prog="meter-sim", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('meterlink')}")
+    parser.parse_args(argv)
+    print("meter-sim: not built yet; it lands with its own issue", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
