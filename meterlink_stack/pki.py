@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from meterlink_wire import vocab
+
 __all__ = [
     "CA_COMMON_NAME",
     "CRL_VALIDITY",
@@ -52,7 +54,7 @@ SERVER_COMMON_NAME = "localhost"
 # AWS IoT thing-name characters; no '/', '+' or '#', so the id is safe inside an MQTT topic and as
 # Mosquitto's %u ACL substitution. At most 64 characters, not IoT's 128: the id is the certificate's
 # common name, and X.509 caps a CN at 64 (RFC 5280 ub-common-name).
-GATEWAY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_:-]{0,63}")
+GATEWAY_ID_PATTERN = re.compile(vocab.GATEWAY_ID_PATTERN)
 # Long enough that a forgotten refresh does not break a dev setup, short enough that a stale CRL
 # is noticed; every write operation re-signs it anyway.
 CRL_VALIDITY = dt.timedelta(days=30)

@@ -33,13 +33,16 @@ class ManagedProcess:
             cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
         except OSError:
             return False
-        if self.marker.encode() not in cmdline.replace(b"\0", b" "):
-            return False
+        # The command line is briefly empty while a just-spawned child is inside execve.
+        ours = not cmdline or self.marker.encode() in cmdline.replace(b"\0", b" ")
+        return ours and self.is_alive()
+
+    def is_alive(self) -> bool:
+        """Whether the pid exists and has not exited (a zombie, state Z, has exited)."""
         try:
             stat = Path(f"/proc/{self.pid}/stat").read_text()
         except OSError:
             return False
-        # A zombie (state Z) has exited; only its parent has not reaped it yet.
         return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
     def stop(self, timeout: float = 10.0) -> bool:
