@@ -1,4 +1,7 @@
-"""Shared fixtures: real servers on free loopback ports, started and stopped by the tests."""
+"""Shared fixtures: real servers on free loopback ports, started and stopped by the tests.
+
+`local_stack` is the whole local stack (mosquitto mTLS + moto + rule bridge), once per session.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from meterlink_stack import stack
+from tests.integration.stackclient import LocalStack, searchable_tmpdir, stack_paths
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,3 +55,21 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def local_stack() -> Iterator[LocalStack]:
+    with searchable_tmpdir() as root:
+        paths = stack_paths(root)
+        info = stack.up(paths, mqtt_port=0, aws_port=0)
+        try:
+            yield LocalStack(paths, info)
+        finally:
+            stack.down(paths)
+
+
+@pytest.fixture
+def stack_root() -> Iterator[Path]:
+    """A folder for a stack of the test's own."""
+    with searchable_tmpdir() as root:
+        yield root
