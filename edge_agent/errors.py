@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from meterlink_config import ConfigError
+
+__all__ = [
+    "AgentError",
+    "ConfigError",
+    "DurableBufferError",
+    "PublishError",
+    "RejectReason",
+    "RejectedReadingError",
+]
+
 
 class AgentError(Exception):
     """Base class of every error the agent raises on purpose."""
 
     retriable: bool = False
-
-
-class ConfigError(AgentError):
-    """A config file is missing, unreadable or has a bad value; names the file and the key."""
-
-    def __init__(self, path: str, key: str, reason: str) -> None:
-        super().__init__(f"{path}: {key}: {reason}" if key else f"{path}: {reason}")
-        self.path = path
-        self.key = key
-        self.reason = reason
 
 
 class RejectReason(StrEnum):

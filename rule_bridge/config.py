@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
+from meterlink_config import TomlReader
 from meterlink_wire import SUBSCRIPTION_EVENTS, SUBSCRIPTION_TELEMETRY
-from rule_bridge.errors import ConfigError
 
 #: Kinesis PutRecords limits: 500 records and 5 MiB per call.
 PUT_RECORDS_MAX_RECORDS = 500
@@ -54,111 +52,53 @@ class BridgeConfig:
     log_level: str = "info"
 
 
-_T = TypeVar("_T")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def load_config(path: Path) -> BridgeConfig:
     """Read and validate `path`; every mistake is a ConfigError naming the file and the key."""
-    where = str(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(where, "", f"cannot read: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(where, "", f"not valid TOML: {exc}") from exc
-    reader = _Reader(where, path.parent)
-    mqtt = reader.table(doc, "mqtt")
-    kinesis = reader.table(doc, "kinesis")
-    bridge = reader.table(doc, "bridge", required=False)
-    topics = reader.value(mqtt, "mqtt.topics", list, [SUBSCRIPTION_TELEMETRY, SUBSCRIPTION_EVENTS])
+    toml = TomlReader(path)
+    toml.table("mqtt", required=True)
+    toml.table("kinesis", required=True)
+    topics = toml.get("mqtt.topics", list, [SUBSCRIPTION_TELEMETRY, SUBSCRIPTION_EVENTS])
     if not topics or not all(isinstance(t, str) and t for t in topics):
-        raise ConfigError(where, "mqtt.topics", "expected a non-empty list of topic filters")
-    max_records = reader.value(kinesis, "kinesis.max_records", int, PUT_RECORDS_MAX_RECORDS)
-    max_bytes = reader.value(kinesis, "kinesis.max_bytes", int, PUT_RECORDS_MAX_BYTES)
+        raise toml.error("mqtt.topics", "expected a non-empty list of topic filters")
+    max_records = toml.get("kinesis.max_records", int, PUT_RECORDS_MAX_RECORDS)
     if not 1 <= max_records <= PUT_RECORDS_MAX_RECORDS:
-        raise ConfigError(
-            where, "kinesis.max_records", f"must be 1..{PUT_RECORDS_MAX_RECORDS} (PutRecords limit)"
+        raise toml.error(
+            "kinesis.max_records", f"must be 1..{PUT_RECORDS_MAX_RECORDS} (PutRecords limit)"
         )
+    max_bytes = toml.get("kinesis.max_bytes", int, PUT_RECORDS_MAX_BYTES)
     if not 1024 <= max_bytes <= PUT_RECORDS_MAX_BYTES:
-        raise ConfigError(
-            where, "kinesis.max_bytes", f"must be 1024..{PUT_RECORDS_MAX_BYTES} (PutRecords limit)"
+        raise toml.error(
+            "kinesis.max_bytes", f"must be 1024..{PUT_RECORDS_MAX_BYTES} (PutRecords limit)"
         )
-    log_level = reader.value(bridge, "bridge.log_level", str, "info").lower()
-    if log_level not in _LOG_LEVELS:
-        raise ConfigError(where, "bridge.log_level", f"must be one of {', '.join(_LOG_LEVELS)}")
-    status_file = reader.value(bridge, "bridge.status_file", str, "")
+    port = toml.get("mqtt.port", int)
+    if not 1 <= port <= 65535:
+        raise toml.error("mqtt.port", f"not a TCP port: {port}")
+    status_file = toml.get("bridge.status_file", str, "")
     return BridgeConfig(
         mqtt=MqttConfig(
-            host=reader.value(mqtt, "mqtt.host", str),
-            port=reader.port(mqtt, "mqtt.port"),
-            ca_file=reader.file(mqtt, "mqtt.ca_file"),
-            cert_file=reader.file(mqtt, "mqtt.cert_file"),
-            key_file=reader.file(mqtt, "mqtt.key_file"),
-            client_id=reader.value(mqtt, "mqtt.client_id", str, "meterlink-bridge"),
+            host=toml.get("mqtt.host", str),
+            port=port,
+            ca_file=toml.file("mqtt.ca_file"),
+            cert_file=toml.file("mqtt.cert_file"),
+            key_file=toml.file("mqtt.key_file"),
+            client_id=toml.get("mqtt.client_id", str, "meterlink-bridge"),
             topics=tuple(topics),
-            keepalive_s=reader.value(mqtt, "mqtt.keepalive_s", int, 30),
-            session_expiry_s=reader.value(mqtt, "mqtt.session_expiry_s", int, 7 * 24 * 3600),
-            receive_maximum=reader.value(mqtt, "mqtt.receive_maximum", int, 1000),
+            keepalive_s=toml.integer("mqtt.keepalive_s", 30, low=5),
+            session_expiry_s=toml.integer("mqtt.session_expiry_s", 7 * 24 * 3600, low=0),
+            receive_maximum=toml.integer("mqtt.receive_maximum", 1000, low=1, high=65535),
         ),
         kinesis=KinesisConfig(
-            stream=reader.value(kinesis, "kinesis.stream", str),
-            region=reader.value(kinesis, "kinesis.region", str),
-            endpoint_url=reader.value(kinesis, "kinesis.endpoint_url", str, "") or None,
+            stream=toml.get("kinesis.stream", str),
+            region=toml.get("kinesis.region", str),
+            endpoint_url=toml.get("kinesis.endpoint_url", str, "") or None,
             max_records=max_records,
             max_bytes=max_bytes,
-            linger_ms=reader.value(kinesis, "kinesis.linger_ms", int, 50),
-            max_backoff_s=float(reader.value(kinesis, "kinesis.max_backoff_s", (int, float), 5.0)),
+            linger_ms=toml.integer("kinesis.linger_ms", 50, low=0),
+            max_backoff_s=toml.number("kinesis.max_backoff_s", 5.0, low=0.01),
         ),
-        status_file=reader.resolve(status_file) if status_file else None,
-        log_level=log_level,
+        status_file=toml.resolve(status_file) if status_file else None,
+        log_level=toml.choice("bridge.log_level", _LOG_LEVELS, "info"),
     )
-
-
-class _Reader:
-    """Pulls typed values out of parsed TOML, naming the file and key in every error."""
-
-    _MISSING: Any = object()
-
-    def __init__(self, where: str, base: Path) -> None:
-        self.where = where
-        self.base = base
-
-    def table(self, doc: dict[str, Any], key: str, *, required: bool = True) -> dict[str, Any]:
-        value = doc.get(key)
-        if value is None:
-            if required:
-                raise ConfigError(self.where, f"[{key}]", "missing table")
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(self.where, f"[{key}]", "expected a table")
-        return value
-
-    def value(self, table: dict[str, Any], key: str, kind: Any, default: Any = _MISSING) -> Any:
-        name = key.rsplit(".", 1)[-1]
-        if name not in table:
-            if default is self._MISSING:
-                raise ConfigError(self.where, key, "missing")
-            return default
-        value = table[name]
-        if isinstance(value, bool) or not isinstance(value, kind):
-            expected = kind.__name__ if isinstance(kind, type) else "a number"
-            raise ConfigError(self.where, key, f"expected {expected}, got {value!r}")
-        return value
-
-    def port(self, table: dict[str, Any], key: str) -> int:
-        port: int = self.value(table, key, int)
-        if not 1 <= port <= 65535:
-            raise ConfigError(self.where, key, f"not a TCP port: {port}")
-        return port
-
-    def file(self, table: dict[str, Any], key: str) -> Path:
-        path = self.resolve(self.value(table, key, str))
-        if not path.is_file():
-            raise ConfigError(self.where, key, f"no such file: {path}")
-        return path
-
-    def resolve(self, text: str) -> Path:
-        """Relative paths are relative to the config file, so a config folder can be moved."""
-        path = Path(text).expanduser()
-        return path if path.is_absolute() else (self.base / path).resolve()

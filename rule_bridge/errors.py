@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
+from meterlink_config import ConfigError
+
+__all__ = ["BridgeError", "ConfigError", "KinesisError"]
+
 
 class BridgeError(Exception):
     """Base class; `retriable` says whether trying the same thing again can succeed."""
 
     retriable: bool = False
-
-
-class ConfigError(BridgeError):
-    """A config file is missing, unreadable or has a bad value; names the file and the key."""
-
-    def __init__(self, path: str, key: str, reason: str) -> None:
-        super().__init__(f"{path}: {key}: {reason}" if key else f"{path}: {reason}")
-        self.path = path
-        self.key = key
-        self.reason = reason
 
 
 class KinesisError(BridgeError):
