@@ -50,7 +50,9 @@ class WindowRow(NamedTuple):
     """One row in convenient Python form, for producers and tests (not the decode hot path).
 
     For a raw reading (``window_s == 0``) count is 1 and min, max, mean and last are the value.
-    ``reason`` is set on event rows only.
+    ``reason`` is set on event rows only. ``delta`` is the register advance within the window for
+    counter channels (``energy_import``, ``energy_export``, ``volume``), None where it does not
+    apply; it is finite and ``>= 0``.
     """
 
     meter_id: str
@@ -63,6 +65,7 @@ class WindowRow(NamedTuple):
     mean: float
     last: float
     reason: str | None = None
+    delta: float | None = None
 
 
 def check_int(value: object, field: str, high: int, reason: Reason) -> int:
@@ -106,11 +109,13 @@ def check_values(
     max_: FloatArray,
     mean: FloatArray,
     last: FloatArray,
+    delta: FloatArray | None = None,
 ) -> None:
     """Check the numeric row columns with whole-array numpy operations (no per-row loop).
 
     A strict test of every rule runs first; only if it fails does a slower pass find the first
     offending row and the reason (and forgive a mean a rounding error outside [min, max]).
+    ``delta`` is the optional register-advance column: finite and ``>= 0``.
     """
     if not start_ms.size:
         return
@@ -126,9 +131,19 @@ def check_values(
     )
     if valid and window_s == 0:
         valid = ((count == 1) & (min_ == max_) & (mean == min_) & (last == min_)).all()
+    if valid and delta is not None:
+        # NaN fails both comparisons, so this one pass also proves the column finite.
+        valid = ((delta >= 0.0) & (delta < np.inf)).all()
     if not valid:
         _diagnose(
-            window_s, start_ms=start_ms, count=count, min_=min_, max_=max_, mean=mean, last=last
+            window_s,
+            start_ms=start_ms,
+            count=count,
+            min_=min_,
+            max_=max_,
+            mean=mean,
+            last=last,
+            delta=delta,
         )
 
 
@@ -141,6 +156,7 @@ def _diagnose(
     max_: FloatArray,
     mean: FloatArray,
     last: FloatArray,
+    delta: FloatArray | None,
 ) -> None:
     """Raise the WireError for the first broken rule, if any (the slow path of check_values)."""
     bad = (start_ms < 0) | (start_ms > MAX_TIMESTAMP_MS)
@@ -178,6 +194,14 @@ def _diagnose(
                 Reason.BAD_VALUE,
                 f"row {row}: window_s 0 (raw readings) needs count 1 and min=max=mean=last",
             )
+    if delta is not None:
+        finite = np.isfinite(delta)
+        if not finite.all():
+            row = _first(~finite)
+            raise WireError(Reason.NON_FINITE, f"rows.delta[{row}] = {delta[row]}")
+        if (delta < 0.0).any():
+            row = _first(delta < 0.0)
+            raise WireError(Reason.BAD_VALUE, f"rows.delta[{row}] = {delta[row]}, must be >= 0")
 
 
 def _column(value: object, field: str, dtype: type[np.generic], kinds: str) -> npt.NDArray[Any]:
@@ -233,9 +257,10 @@ class ReadingBatch:
     """The rows of one wire message, as numpy columns (all read-only, all the same length).
 
     ``meter`` indexes ``meters``; ``channel`` and ``unit`` hold global :class:`Channel` and
-    :class:`Unit` codes; ``reason`` (events only) indexes ``reasons``. Construction validates
-    everything ``decode`` would (ids, lengths, indices, ranges, finiteness, min <= last <= max) and
-    raises WireError, so whatever can be built can be encoded and decoded again.
+    :class:`Unit` codes; ``reason`` (events only) indexes ``reasons``. ``delta`` is the optional
+    register-advance column (None when the message has none). Construction validates everything
+    ``decode`` would (ids, lengths, indices, ranges, finiteness, min <= last <= max, delta >= 0)
+    and raises WireError, so whatever can be built can be encoded and decoded again.
     """
 
     gateway_id: str
@@ -255,6 +280,7 @@ class ReadingBatch:
     last: npt.NDArray[np.float64]
     reasons: tuple[str, ...] = ()
     reason: npt.NDArray[np.int32] | None = None
+    delta: npt.NDArray[np.float64] | None = None
 
     def __post_init__(self) -> None:
         kind = check_header(self.gateway_id, self.sequence, self.sent_ms, self.window_s, self.kind)
@@ -280,6 +306,8 @@ class ReadingBatch:
             )
         elif self.reasons or self.reason is not None:
             raise WireError(Reason.BAD_VALUE, "only events carry reasons")
+        if self.delta is not None:
+            columns["delta"] = _column(self.delta, "delta", np.float64, "iuf")
         rows = len(columns["meter"])
         for name, column in columns.items():
             if len(column) != rows:
@@ -303,6 +331,7 @@ class ReadingBatch:
             max_=columns["max"],
             mean=columns["mean"],
             last=columns["last"],
+            delta=columns.get("delta"),
         )
         object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "meters", meters)
@@ -331,6 +360,7 @@ class ReadingBatch:
         last: npt.NDArray[np.float64],
         reasons: tuple[str, ...] = (),
         reason: npt.NDArray[np.int32] | None = None,
+        delta: npt.NDArray[np.float64] | None = None,
     ) -> ReadingBatch:
         """Build a batch from columns that were just validated: no checks, no copies.
 
@@ -355,6 +385,7 @@ class ReadingBatch:
             "last": _frozen(last),
             "reasons": reasons,
             "reason": None if reason is None else _frozen(reason),
+            "delta": None if delta is None else _frozen(delta),
         }
         for name, value in fields.items():
             object.__setattr__(self, name, value)
@@ -371,7 +402,11 @@ class ReadingBatch:
         *,
         kind: Kind = Kind.TELEMETRY,
     ) -> ReadingBatch:
-        """Build a batch from row tuples; meters and reasons are numbered by first appearance."""
+        """Build a batch from row tuples; meters and reasons are numbered by first appearance.
+
+        The batch has a ``delta`` column if any row's ``delta`` is not None; rows without one
+        then get 0.0 (no register advance).
+        """
         meters: dict[str, int] = {}
         reasons: dict[str, int] = {}
         meter: list[int] = []
@@ -384,6 +419,8 @@ class ReadingBatch:
         mean: list[float] = []
         last: list[float] = []
         reason: list[int] = []
+        delta: list[float] = []
+        has_delta = False
         for row in rows:
             meter.append(meters.setdefault(row.meter_id, len(meters)))
             channel.append(int(row.channel))
@@ -396,6 +433,11 @@ class ReadingBatch:
             last.append(row.last)
             if row.reason is not None:
                 reason.append(reasons.setdefault(row.reason, len(reasons)))
+            if row.delta is None:
+                delta.append(0.0)
+            else:
+                delta.append(row.delta)
+                has_delta = True
         is_events = kind == Kind.EVENTS
         if is_events and len(reason) != len(meter):
             raise WireError(Reason.MISSING_FIELD, "every event row needs a reason")
@@ -419,6 +461,7 @@ class ReadingBatch:
             last=np.asarray(last),
             reasons=tuple(reasons),
             reason=np.asarray(reason, dtype=np.int64) if is_events else None,
+            delta=np.asarray(delta) if has_delta else None,
         )
 
     def __len__(self) -> int:
@@ -432,15 +475,21 @@ class ReadingBatch:
         )
 
     def rows(self) -> list[WindowRow]:
-        """Return the rows as tuples (for tests and tools; allocates a Python object per value)."""
+        """Return the rows as tuples (for tests and tools; allocates a Python object per value).
+
+        ``delta`` is a float on every row if the batch has the column, else None.
+        """
         reasons: list[str | None] = (
             [self.reasons[i] for i in self.reason.tolist()]
             if self.reason is not None
             else [None] * len(self)
         )
+        deltas: list[float | None] = (
+            self.delta.tolist() if self.delta is not None else [None] * len(self)
+        )
         return [
-            WindowRow(self.meters[m], Channel(c), Unit(u), s, n, lo, hi, avg, end, why)
-            for m, c, u, s, n, lo, hi, avg, end, why in zip(
+            WindowRow(self.meters[m], Channel(c), Unit(u), s, n, lo, hi, avg, end, why, rise)
+            for m, c, u, s, n, lo, hi, avg, end, why, rise in zip(
                 self.meter.tolist(),
                 self.channel.tolist(),
                 self.unit.tolist(),
@@ -451,6 +500,7 @@ class ReadingBatch:
                 self.mean.tolist(),
                 self.last.tolist(),
                 reasons,
+                deltas,
                 strict=True,
             )
         ]
@@ -484,6 +534,7 @@ class ReadingBatch:
             last=self.last[window],
             reasons=reasons,
             reason=reason,
+            delta=None if self.delta is None else self.delta[window],
         )
 
     def with_sequence(self, sequence: int) -> ReadingBatch:
@@ -507,6 +558,7 @@ class ReadingBatch:
             last=self.last,
             reasons=self.reasons,
             reason=self.reason,
+            delta=self.delta,
         )
 
     @classmethod
@@ -514,7 +566,8 @@ class ReadingBatch:
         """Join batches of one gateway, kind and window back into one (e.g. split parts).
 
         The result takes the first part's sequence and sent_ms; dictionaries are merged in order
-        of first appearance. Raises ValueError for no parts or parts that do not belong together.
+        of first appearance. It has a ``delta`` column if any part has one (0.0 for rows from
+        parts without). Raises ValueError for no parts or parts that do not belong together.
         """
         if not parts:
             raise ValueError("concat needs at least one part")
@@ -556,13 +609,15 @@ class ReadingBatch:
             last=np.concatenate([p.last for p in parts]),
             reasons=tuple(reasons),
             reason=np.concatenate(reason) if first.kind is Kind.EVENTS else None,
+            delta=_concat_delta(parts),
         )
 
     def equals(self, other: object) -> bool:
         """Return True if ``other`` has the same header and exactly the same rows.
 
         Rows compare by value: meter ids and reasons are resolved through the dictionaries (so
-        dictionary order does not matter) and floats compare bit for bit.
+        dictionary order does not matter) and floats compare bit for bit. A batch with a
+        ``delta`` column never equals one without, even if every delta is 0.0.
         """
         if not isinstance(other, ReadingBatch):
             return False
@@ -579,8 +634,20 @@ class ReadingBatch:
             same
             and all(np.array_equal(getattr(self, n), getattr(other, n)) for n in integers)
             and all(_same_floats(getattr(self, n), getattr(other, n)) for n in floats)
+            and (
+                _same_floats(self.delta, other.delta)
+                if self.delta is not None and other.delta is not None
+                else self.delta is None and other.delta is None
+            )
         )
 
 
 def _resolve(entries: tuple[str, ...], index: npt.NDArray[np.int32] | None) -> list[str] | None:
     return None if index is None else [entries[i] for i in index.tolist()]
+
+
+def _concat_delta(parts: Sequence[ReadingBatch]) -> npt.NDArray[np.float64] | None:
+    """The joined delta column: None if no part has one, else 0.0 for the parts without."""
+    if all(p.delta is None for p in parts):
+        return None
+    return np.concatenate([np.zeros(len(p)) if p.delta is None else p.delta for p in parts])

@@ -90,6 +90,7 @@ def _check(batch: ReadingBatch) -> None:
         max_=batch.max,
         mean=batch.mean,
         last=batch.last,
+        delta=batch.delta,
     )
 
 
@@ -121,6 +122,8 @@ def _serialize(batch: ReadingBatch, compress: bool) -> bytes:
     if batch.reason is not None:
         document["reasons"] = list(batch.reasons)
         rows["reason"] = batch.reason
+    if batch.delta is not None:  # optional column: old decoders ignore it
+        rows["delta"] = batch.delta
     # orjson writes numpy arrays itself (no Python object per value) if they are C-contiguous.
     document["rows"] = {k: np.ascontiguousarray(v) for k, v in rows.items()}
     data = orjson.dumps(document, option=_NUMPY)
@@ -144,7 +147,7 @@ def encode(batch: ReadingBatch, *, compress: bool = False) -> bytes:
     return data
 
 
-# Every row adds at least one digit and a comma to each of its nine columns.
+# Every row adds at least one digit and a comma to each of its nine required columns.
 _MIN_ROW_BYTES = 18
 
 
@@ -397,7 +400,8 @@ def decode(
     """Decode a telemetry or events message from untrusted bytes.
 
     Raises only WireError (its ``reason`` says why); once the header is read, the error also
-    carries ``gateway_id`` and ``sequence``. Unknown top-level keys and row columns are ignored.
+    carries ``gateway_id`` and ``sequence``. Unknown top-level keys and row columns are ignored;
+    the optional ``rows.delta`` column is read (and checked) when present.
     Caps above IOT_CORE_MAX_BYTES are a ValueError (no valid message is larger).
     """
     text, document = load_document(data, max_bytes=max_bytes, max_inflated_bytes=max_inflated_bytes)
@@ -438,6 +442,11 @@ def _decode_body(
         if not isinstance(values, list):
             raise WireError(Reason.BAD_TYPE, f"rows.{name} must be a list, got {show(values)}")
         lists[name] = values
+    if "delta" in rows:  # optional column (additive in v1)
+        values = rows["delta"]
+        if not isinstance(values, list):
+            raise WireError(Reason.BAD_TYPE, f"rows.delta must be a list, got {show(values)}")
+        lists["delta"] = values
     expected = len(lists["meter"])
     for name, values in lists.items():
         if len(values) != expected:
@@ -462,8 +471,16 @@ def _decode_body(
     max_ = _floats(lists["max"], "max", bools)
     mean = _floats(lists["mean"], "mean", bools)
     last = _floats(lists["last"], "last", bools)
+    delta = _floats(lists["delta"], "delta", bools) if "delta" in lists else None
     check_values(
-        window_s, start_ms=start_ms, count=count, min_=min_, max_=max_, mean=mean, last=last
+        window_s,
+        start_ms=start_ms,
+        count=count,
+        min_=min_,
+        max_=max_,
+        mean=mean,
+        last=last,
+        delta=delta,
     )
     return ReadingBatch._unchecked(
         gateway_id=gateway_id,
@@ -483,4 +500,5 @@ def _decode_body(
         last=last,
         reasons=reasons,
         reason=None if reason is None else reason.astype(np.int32),
+        delta=delta,
     )

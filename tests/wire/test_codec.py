@@ -446,6 +446,13 @@ DOCUMENT_CASES: list[tuple[str, Callable[[dict[str, Any]], None], Reason]] = [
     ("raw row with count 60", at("window_s", 0), Reason.BAD_VALUE),
     ("events with window", at("type", "events"), Reason.BAD_VALUE),
     ("events without reasons", lambda d: d.update(type="events", window_s=0), Reason.MISSING_FIELD),
+    ("delta not list", at("rows.delta", 0.5), Reason.BAD_TYPE),
+    ("delta short", at("rows.delta", [0.0, 0.0, 0.0]), Reason.COLUMN_LENGTH),
+    ("delta negative", at("rows.delta", [0.019, 0.0, -0.01, 0.0]), Reason.BAD_VALUE),
+    ("delta string", at("rows.delta", [0.019, "0", 0.01, 0.0]), Reason.BAD_TYPE),
+    ("delta null", at("rows.delta", [0.019, 0.0, None, 0.0]), Reason.BAD_TYPE),
+    ("delta bool", at("rows.delta", [0.019, 0.0, 0.01, False]), Reason.BAD_TYPE),
+    ("delta nested", at("rows.delta", [[0.019], 0.0, 0.01, 0.0]), Reason.BAD_TYPE),
 ]
 
 
@@ -499,6 +506,7 @@ BYTES_CASES: list[tuple[bytes, Reason]] = [
     (b"null", Reason.NOT_OBJECT),
     (dumps(document()).replace(b"1523.112", b"1e400"), Reason.NON_FINITE),
     (dumps(document()).replace(b"1523.112", b"-" + b"9" * 400), Reason.NON_FINITE),
+    (dumps(document()).replace(b'"rows":{', b'"rows":{"delta":[1e400,0,0,0],'), Reason.NON_FINITE),
 ]
 
 
@@ -943,3 +951,201 @@ def test_bools_are_caught_whatever_the_whitespace():
     doc = document()
     doc["note"] = "true, false]"
     assert len(decode(orjson.dumps(doc))) == 4
+
+
+# --- the optional delta column ------------------------------------------------------------------
+
+
+def counter_rows() -> list[WindowRow]:
+    """Two counter rows with a delta and one non-counter row without (given 0.0 by from_rows)."""
+    return [
+        WindowRow(
+            "elec-1",
+            Channel.ENERGY_IMPORT,
+            Unit.KWH,
+            T0,
+            60,
+            1523.1,
+            1523.2,
+            1523.15,
+            1523.2,
+            delta=0.125,
+        ),
+        WindowRow("elec-1", Channel.POWER, Unit.KW, T0, 60, 0.5, 2.5, 1.5, 2.0),
+        WindowRow("water-17", Channel.VOLUME, Unit.M3, T0, 4, 88.0, 88.5, 88.25, 88.5, delta=0.5),
+    ]
+
+
+def delta_batch(seq: int = 9) -> ReadingBatch:
+    return ReadingBatch.from_rows("gw-0001", seq, T0 + 61_000, 60, counter_rows())
+
+
+def test_from_rows_adds_delta_only_when_some_row_has_one():
+    batch = delta_batch()
+    assert batch.delta is not None
+    assert batch.delta.dtype == np.float64
+    assert batch.delta.tolist() == [0.125, 0.0, 0.5]
+    assert not batch.delta.flags.writeable
+    assert [r.delta for r in batch.rows()] == [0.125, 0.0, 0.5]
+    plain = ReadingBatch.from_rows(
+        "gw-0001", 9, T0, 60, [r._replace(delta=None) for r in counter_rows()]
+    )
+    assert plain.delta is None
+    assert [r.delta for r in plain.rows()] == [None, None, None]
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_delta_round_trips(compress):
+    batch = delta_batch()
+    decoded = decode(encode(batch, compress=compress))
+    assert decoded.equals(batch)
+    assert decoded.rows() == batch.rows()
+    assert decoded.delta is not None
+    assert decoded.delta.tolist() == [0.125, 0.0, 0.5]
+    assert not decoded.delta.flags.writeable
+
+
+def test_delta_is_the_last_column_and_only_written_when_present():
+    doc = orjson.loads(encode(delta_batch()))
+    assert list(doc["rows"])[-1] == "delta"
+    assert doc["rows"]["delta"] == [0.125, 0.0, 0.5]
+    assert "delta" not in orjson.loads(encode(sample(3)))["rows"]
+    assert decode(encode(sample(3))).delta is None
+
+
+def test_delta_is_invisible_to_a_decoder_that_ignores_it():
+    # An old decoder ignores rows.delta: what it sees is exactly the batch without the column.
+    doc = orjson.loads(encode(delta_batch()))
+    del doc["rows"]["delta"]
+    old_view = decode(dumps(doc))
+    assert old_view.delta is None
+    assert [r._replace(delta=None) for r in delta_batch().rows()] == old_view.rows()
+
+
+def test_delta_in_a_hand_written_document():
+    doc = document()
+    doc["rows"]["delta"] = [0.019, 0, 0.01, 0]  # integers accepted, as in every value column
+    batch = decode(dumps(doc))
+    assert batch.delta is not None
+    assert batch.delta.tolist() == [0.019, 0.0, 0.01, 0.0]
+    assert batch.rows()[0] == WindowRow(
+        "elec-000001",
+        Channel.ENERGY_IMPORT,
+        Unit.KWH,
+        T0,
+        60,
+        1523.112,
+        1523.131,
+        1523.1215,
+        1523.131,
+        None,
+        0.019,
+    )
+
+
+def test_delta_on_events_round_trips():
+    rows = [
+        WindowRow("m1", Channel.TAMPER, Unit.FLAG, T0, 1, 1.0, 1.0, 1.0, 1.0, "tamper", 0.0),
+    ]
+    batch = ReadingBatch.from_rows("gw-0001", 3, T0, 0, rows, kind=Kind.EVENTS)
+    decoded = decode(encode(batch))
+    assert decoded.equals(batch)
+    assert decoded.rows() == rows
+
+
+@pytest.mark.parametrize(
+    ("delta", "reason"),
+    [
+        (-0.5, Reason.BAD_VALUE),
+        (float("nan"), Reason.NON_FINITE),
+        (float("inf"), Reason.NON_FINITE),
+        ("0.5", Reason.BAD_TYPE),
+    ],
+)
+def test_from_rows_rejects_bad_delta(delta, reason):
+    rows = [counter_rows()[0], counter_rows()[1]._replace(delta=delta)]
+    with pytest.raises(WireError) as info:
+        ReadingBatch.from_rows("gw-0001", 1, T0, 60, rows)
+    assert info.value.reason is reason
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (np.array([0.0, 1.0]), Reason.COLUMN_LENGTH),
+        (np.array([0.0, -1e-300, 0.0]), Reason.BAD_VALUE),
+        (np.array([0.0, np.nan, 0.0]), Reason.NON_FINITE),
+        (np.array(["a", "b", "c"]), Reason.BAD_TYPE),
+    ],
+)
+def test_columns_constructor_rejects_bad_delta(value, reason):
+    with pytest.raises(WireError) as info:
+        ReadingBatch(**{**_columns(), "delta": value})
+    assert info.value.reason is reason
+
+
+def test_delta_error_names_the_row():
+    doc = document()
+    doc["rows"]["delta"] = [0.0, 0.0, -0.25, 0.0]
+    with pytest.raises(WireError) as info:
+        decode(dumps(doc))
+    assert info.value.detail == "rows.delta[2] = -0.25, must be >= 0"
+
+
+def test_encode_refuses_delta_edited_after_validation():
+    batch = ReadingBatch(**{**_columns(), "delta": np.zeros(3)})
+    assert batch.delta is not None
+    batch.delta.setflags(write=True)  # deliberately defeating the read-only guard
+    batch.delta[2] = -1.0
+    with pytest.raises(WireError) as info:
+        encode(batch)
+    assert info.value.reason is Reason.BAD_VALUE
+
+
+def test_slice_with_sequence_and_concat_keep_delta():
+    batch = delta_batch()
+    part = batch.slice(1, 2)  # the one row whose delta is 0.0 still carries the column
+    assert part.delta is not None
+    assert part.delta.tolist() == [0.0]
+    assert batch.with_sequence(10).delta is batch.delta
+    assert ReadingBatch.concat([batch.slice(0, 1), part, batch.slice(2, 3)]).equals(batch)
+
+
+def test_concat_fills_delta_for_parts_without_it():
+    plain = ReadingBatch.from_rows("gw-0001", 9, T0 + 61_000, 60, [counter_rows()[1]])
+    joined = ReadingBatch.concat([plain, delta_batch()])
+    assert joined.delta is not None
+    assert joined.delta.tolist() == [0.0, 0.125, 0.0, 0.5]
+    assert ReadingBatch.concat([plain, plain]).delta is None
+
+
+def test_equals_compares_delta_presence_and_bits():
+    batch = delta_batch()
+    without = ReadingBatch(**{**_columns()})
+    with_zeros = ReadingBatch(**{**_columns(), "delta": np.zeros(3)})
+    assert not without.equals(with_zeros)
+    assert not with_zeros.equals(without)
+    assert not with_zeros.equals(
+        ReadingBatch(**{**_columns(), "delta": np.array([0.0, -0.0, 0.0])})
+    )
+    assert with_zeros.equals(ReadingBatch(**{**_columns(), "delta": np.zeros(3)}))
+    other = [r._replace(delta=0.25) if r.delta == 0.125 else r for r in counter_rows()]
+    assert not batch.equals(ReadingBatch.from_rows("gw-0001", 9, T0 + 61_000, 60, other))
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_encode_split_keeps_delta_in_every_part(compress):
+    rows = [
+        r._replace(start_ms=T0 + 60_000 * i, meter_id=f"elec-{i:04d}")
+        for i in range(400)
+        for r in counter_rows()
+    ]
+    batch = ReadingBatch.from_rows("gw-0001", 50, T0, 60, rows)
+    parts = encode_split(batch, max_bytes=1024, compress=compress)
+    assert len(parts) > 1
+    for part, data in parts:
+        assert len(data) <= 1024
+        decoded = decode(data)
+        assert decoded.delta is not None
+        assert decoded.equals(part)
+    assert ReadingBatch.concat([decode(d) for _, d in parts]).with_sequence(50).equals(batch)

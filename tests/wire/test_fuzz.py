@@ -130,6 +130,13 @@ def seeds() -> list[bytes]:
         kind=Kind.EVENTS,
     )
     out.append(encode(events))
+    # A counter batch with the optional delta column, so mutations reach its checks too.
+    counters = [
+        WindowRow("c1", Channel.ENERGY_IMPORT, Unit.KWH, T0, 60, 5.0, 5.5, 5.2, 5.5, None, 0.5),
+        WindowRow("c1", Channel.POWER, Unit.KW, T0, 60, 1.0, 2.0, 1.5, 2.0),
+        WindowRow("c2", Channel.VOLUME, Unit.M3, T0, 3, 7.25, 7.5, 7.4, 7.5, None, 0.25),
+    ]
+    out.append(encode(ReadingBatch.from_rows("gw-0004", 3, T0 + 60_500, 60, counters)))
     out.append(encode_status(GatewayStatus("gw-0003", "online", T0, "0.1.0", 5, 400, 0)))
     return out
 
@@ -230,9 +237,9 @@ def payloads(rng: random.Random, valid: list[bytes]) -> Any:
 def well_typed(data: bytes) -> bool:
     rows = orjson.loads(zlib.decompress(data) if data[0] == 0x78 else data)["rows"]
     integers = ("meter", "channel", "unit", "start_ms", "count", "reason")
-    floats = ("min", "max", "mean", "last")
+    floats = ("min", "max", "mean", "last", "delta")
     return all(type(v) is int for n in integers for v in rows.get(n, [])) and all(
-        type(v) in (int, float) for n in floats for v in rows[n]
+        type(v) in (int, float) for n in floats for v in rows.get(n, [])
     )
 
 

@@ -55,6 +55,14 @@ def batches(draw: st.DrawFn, max_rows: int = 40) -> ReadingBatch:
         for name in ("meter", "channel", "unit", "start_ms", "count", "min", "max", "mean", "last")
     }
     reason: list[int] = []
+    has_delta = draw(st.booleans())
+    delta = draw(
+        st.lists(
+            st.floats(min_value=0.0, allow_infinity=False, allow_nan=False),
+            min_size=rows,
+            max_size=rows,
+        )
+    )
     for _ in range(rows):
         columns["meter"].append(draw(st.integers(0, len(meters) - 1)))
         columns["channel"].append(draw(st.sampled_from(Channel)).value)
@@ -84,6 +92,7 @@ def batches(draw: st.DrawFn, max_rows: int = 40) -> ReadingBatch:
         last=np.array(columns["last"], dtype=np.float64),
         reasons=tuple(reasons) if kind is Kind.EVENTS else (),
         reason=np.array(reason, dtype=np.int64) if kind is Kind.EVENTS else None,
+        delta=np.array(delta, dtype=np.float64) if has_delta else None,
     )
 
 
@@ -95,6 +104,7 @@ def test_round_trip_is_exact(batch: ReadingBatch, compress: bool) -> None:
     assert decoded.meters == batch.meters  # dictionaries survive as sent
     assert decoded.reasons == batch.reasons
     assert decoded.rows() == batch.rows()
+    assert (decoded.delta is None) is (batch.delta is None)
 
 
 @SETTINGS

@@ -65,6 +65,14 @@ def telemetry(rows: int = 6, window_s: int = 60) -> ReadingBatch:
     return ReadingBatch.from_rows("gw-0001", 11, T0 + 60_500, window_s, out)
 
 
+def counters() -> ReadingBatch:
+    rows = [
+        WindowRow("elec-1", Channel.ENERGY_IMPORT, Unit.KWH, T0, 60, 5.0, 5.5, 5.2, 5.5, None, 0.5),
+        WindowRow("elec-1", Channel.POWER, Unit.KW, T0, 60, 1.0, 2.0, 1.5, 2.0),
+    ]
+    return ReadingBatch.from_rows("gw-0001", 13, T0 + 60_500, 60, rows)
+
+
 def events() -> ReadingBatch:
     rows = [
         WindowRow("elec-1", Channel.POWER, Unit.KW, T0, 1, 99.0, 99.0, 99.0, 99.0, "overload"),
@@ -79,6 +87,7 @@ def valid_documents() -> list[dict[str, Any]]:
         encode(telemetry(window_s=0)),
         encode(telemetry(rows=0)),
         encode(events()),
+        encode(counters()),
         encode_status(GatewayStatus("gw-0001", "online", T0, "0.1.0", 10, 800, 0)),
         encode_status(GatewayStatus("gw-0001", "offline", T0, "0.1.0")),
     ]
@@ -128,6 +137,7 @@ def mutated(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 TELEMETRY = orjson.loads(encode(telemetry()))
 EVENTS = orjson.loads(encode(events()))
 STATUS = orjson.loads(encode_status(GatewayStatus("gw-0001", "online", T0, "0.1.0")))
+COUNTERS = orjson.loads(encode(counters()))
 
 
 @pytest.mark.parametrize(
@@ -157,6 +167,9 @@ STATUS = orjson.loads(encode_status(GatewayStatus("gw-0001", "online", T0, "0.1.
         mutated(STATUS, "state", "sleeping"),
         mutated(STATUS, "version", ""),
         mutated(STATUS, "buffer_rows", -1),
+        mutated(COUNTERS, "rows.delta", [0.5, -0.1]),
+        mutated(COUNTERS, "rows.delta", ["0.5", 0]),
+        mutated(COUNTERS, "rows.delta", 0.5),
         [TELEMETRY],
     ],
 )
@@ -171,6 +184,7 @@ def test_invalid_documents_fail_the_schema(document):
         ("rows.meter", [0, 0, 0, 0, 0, 9], Reason.BAD_INDEX),
         ("rows.last", [99.0] * 6, Reason.BAD_VALUE),
         ("rows.count", [60.0] * 6, Reason.BAD_TYPE),
+        ("rows.delta", [0.0] * 5, Reason.COLUMN_LENGTH),
     ],
 )
 def test_rules_beyond_the_schema_are_enforced_by_decode(path, value, reason):
