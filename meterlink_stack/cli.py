@@ -93,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.set_defaults(handler=_stack_up)
     stack_verbs.add_parser("down", help="stop what `up` started").set_defaults(handler=_stack_down)
+    agent = stack_verbs.add_parser(
+        "agent-config", help="write an edge-agent config that talks to this stack"
+    )
+    agent.add_argument("gateway_id")
+    agent.set_defaults(handler=_stack_agent_config)
     stack_verbs.add_parser("status", help="health of each part").set_defaults(handler=_stack_status)
 
     certs = commands.add_parser("certs", help="the dev CA and gateway certificates")
@@ -176,6 +181,14 @@ def _stack_down(args: argparse.Namespace) -> int:
         if stopped
         else "meterlink stack: not running"
     )
+    return 0
+
+
+def _stack_agent_config(args: argparse.Namespace) -> int:
+    if args.gateway_id.startswith("meterlink-"):
+        raise pki.PkiError(f"{args.gateway_id}: names starting with 'meterlink-' are reserved")
+    path = stack.agent_config(_paths(args), args.gateway_id)
+    print(path)
     return 0
 
 
