@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
+import io
 import logging
 import os
 import sys
@@ -42,8 +44,6 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         "--stdin", action="store_true", help="also read JSON-line readings from stdin"
     )
     args = parser.parse_args(argv)
-    # A watchdog kill (SIGABRT) then leaves every thread's stack in the journal.
-    faulthandler.enable()
 
     # Imported here so `--version` and `--help` work without the agent's optional packages.
     from edge_agent.agent import Agent  # noqa: PLC0415
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         print(f"edge-agent: {args.config}: ok (gateway {config.gateway_id})")
         return 0
     _setup_logging(config.log_level, under_journald="JOURNAL_STREAM" in env)
+    # A watchdog kill (SIGABRT) then leaves every thread's stack in the journal.
+    with contextlib.suppress(io.UnsupportedOperation, ValueError):
+        faulthandler.enable()
     agent = Agent(config, environ=env, stdin=sys.stdin.buffer if args.stdin else None)
     agent.install_signal_handlers()
     return agent.run()

@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,10 +189,23 @@ def start(files: BrokerFiles, *, port: int) -> procs.ManagedProcess:
     return proc
 
 
-def reload(proc: procs.ManagedProcess) -> None:
-    """SIGHUP: mosquitto re-reads its config, ACL, certificates and CRL without dropping clients."""
-    if proc.is_running():
-        os.kill(proc.pid, signal.SIGHUP)
+def reload(proc: procs.ManagedProcess, files: BrokerFiles, timeout_s: float = 10.0) -> bool:
+    """SIGHUP: mosquitto re-reads its config, ACL, certificates and CRL without dropping clients.
+
+    Returns once the broker logged the reload, so a revocation is in force when this returns.
+    """
+    if not proc.is_running():
+        return False
+    offset = files.log.stat().st_size if files.log.exists() else 0
+    os.kill(proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with files.log.open("rb") as log:
+            log.seek(offset)
+            if b"Reloading config" in log.read():
+                return True
+        time.sleep(0.05)
+    return False
 
 
 def _check_reachable(folder: Path) -> None:

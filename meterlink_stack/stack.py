@@ -312,7 +312,8 @@ def reload_broker_tls(paths: StackPaths) -> bool:
     if proc is None or not proc.is_running():
         return False
     broker.sync_tls(paths.broker, pki.PkiLayout(paths.pki_dir))
-    broker.reload(proc)
+    if not broker.reload(proc, paths.broker):
+        raise StackError(f"the broker did not confirm the reload; see {paths.broker.log}")
     return True
 
 
