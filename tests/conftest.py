@@ -68,6 +68,18 @@ def local_stack() -> Iterator[LocalStack]:
             stack.down(paths)
 
 
+@pytest.fixture(scope="module")
+def private_stack() -> Iterator[LocalStack]:
+    """A stack of the test module's own, for tests that stop and start its broker."""
+    with searchable_tmpdir() as root:
+        paths = stack_paths(root)
+        info = stack.up(paths, mqtt_port=0, aws_port=0)
+        try:
+            yield LocalStack(paths, info)
+        finally:
+            stack.down(paths)
+
+
 @pytest.fixture
 def stack_root() -> Iterator[Path]:
     """A folder for a stack of the test's own."""

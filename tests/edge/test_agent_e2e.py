@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from tests.edge.agent_harness import (
     readings,
     wait_delivered,
 )
-from tests.integration.stackclient import LocalStack, StreamReader, searchable_tmpdir, stack_paths
+from tests.integration.stackclient import LocalStack, StreamReader
 
 pytestmark = pytest.mark.integration
 
@@ -32,18 +31,6 @@ def buffer_stats(config: Path) -> object:
         return buf.stats()
     finally:
         buf.close()
-
-
-@pytest.fixture(scope="module")
-def chaos_stack() -> Iterator[LocalStack]:
-    """A stack of this module's own: these tests stop and start its broker."""
-    with searchable_tmpdir() as root:
-        paths = stack_paths(root)
-        info = stack.up(paths, mqtt_port=0, aws_port=0)
-        try:
-            yield LocalStack(paths, info)
-        finally:
-            stack.down(paths)
 
 
 def test_readings_reach_kinesis_with_exact_accounting(local_stack: LocalStack, tmp_path) -> None:
@@ -93,10 +80,10 @@ def test_sigterm_closes_open_windows_and_delivers_them(local_stack: LocalStack, 
     assert "stopped drained=True" in agent.log.read_text()
 
 
-def test_broker_outage_loses_nothing(chaos_stack: LocalStack, tmp_path) -> None:
+def test_broker_outage_loses_nothing(private_stack: LocalStack, tmp_path) -> None:
     gw = "gw-e2e-outage"
-    config = agent_config(chaos_stack, tmp_path / "agent", gw, window_s=1)
-    reader = StreamReader(chaos_stack.kinesis(), chaos_stack.info.stream)
+    config = agent_config(private_stack, tmp_path / "agent", gw, window_s=1)
+    reader = StreamReader(private_stack.kinesis(), private_stack.info.stream)
     agent = AgentProcess(config)
     agent.start()
     feeder = Feeder(agent.socket_path)
@@ -104,11 +91,11 @@ def test_broker_outage_loses_nothing(chaos_stack: LocalStack, tmp_path) -> None:
         t0 = time.time()
         feeder.send(readings(10, 100, start_s=t0))
         feeder.wait_acked(1000)
-        stack.stop_broker(chaos_stack.paths)
+        stack.stop_broker(private_stack.paths)
         feeder.send(readings(10, 100, start_s=t0 + 1.5))  # accepted while the uplink is down
         feeder.wait_acked(2000)
         time.sleep(3)
-        stack.start_broker(chaos_stack.paths)
+        stack.start_broker(private_stack.paths)
         seen = wait_delivered(reader, gw, 2000, timeout=90)
     finally:
         feeder.close()
@@ -118,12 +105,12 @@ def test_broker_outage_loses_nothing(chaos_stack: LocalStack, tmp_path) -> None:
 
 
 def test_agent_sigkilled_repeatedly_loses_no_acknowledged_reading(
-    chaos_stack: LocalStack, tmp_path
+    private_stack: LocalStack, tmp_path
 ) -> None:
     """Readings in (journaled) = delivered + dropped, across five SIGKILLs mid-publish."""
     gw = "gw-e2e-kill"
-    config = agent_config(chaos_stack, tmp_path / "agent", gw, window_s=1, lateness_s=5)
-    reader = StreamReader(chaos_stack.kinesis(), chaos_stack.info.stream)
+    config = agent_config(private_stack, tmp_path / "agent", gw, window_s=1, lateness_s=5)
+    reader = StreamReader(private_stack.kinesis(), private_stack.info.stream)
     agent = AgentProcess(config)
     acked = sent = 0
     t0 = time.time()
@@ -173,20 +160,20 @@ def test_corrupt_buffer_is_moved_aside_and_agent_runs(local_stack: LocalStack, t
     assert "buffer_corrupt_file" in agent.log.read_text()
 
 
-def test_full_buffer_drops_oldest_and_counts_exactly(chaos_stack: LocalStack, tmp_path) -> None:
+def test_full_buffer_drops_oldest_and_counts_exactly(private_stack: LocalStack, tmp_path) -> None:
     """Uplink down, 1 MiB buffer, raw mode: the oldest are dropped, every reading accounted."""
     gw = "gw-e2e-full"
     port = free_port()
     config = agent_config(
-        chaos_stack,
+        private_stack,
         tmp_path / "agent",
         gw,
         window_s=0,
         max_bytes=1024 * 1024,
         metrics_port=port,
     )
-    reader = StreamReader(chaos_stack.kinesis(), chaos_stack.info.stream)
-    stack.stop_broker(chaos_stack.paths)
+    reader = StreamReader(private_stack.kinesis(), private_stack.info.stream)
+    stack.stop_broker(private_stack.paths)
     agent = AgentProcess(config)
     try:
         agent.start()
@@ -201,7 +188,7 @@ def test_full_buffer_drops_oldest_and_counts_exactly(chaos_stack: LocalStack, tm
             assert time.monotonic() < deadline, "nothing was dropped"
             time.sleep(0.5)
     finally:
-        stack.start_broker(chaos_stack.paths)
+        stack.start_broker(private_stack.paths)
     deadline = time.monotonic() + 120
     while (
         scrape(port, "meterlink_agent_buffer_messages") > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import pytest
@@ -14,7 +14,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.publish.publisher import Publisher, PublishSettings
 from meterlink_stack import stack
 from meterlink_wire import GatewayStatus, Kind
-from tests.integration.stackclient import LocalStack, sample_payload, searchable_tmpdir, stack_paths
+from tests.integration.stackclient import LocalStack, sample_payload
 
 pytestmark = pytest.mark.integration
 
@@ -58,27 +58,16 @@ class MemoryOutbox:
                 self.messages[i] = Message(i, Kind.TELEMETRY, i, b"{}", 3, 0)
 
 
-@pytest.fixture(scope="module")
-def storm_stack() -> Iterator[LocalStack]:
-    with searchable_tmpdir() as root:
-        paths = stack_paths(root)
-        info = stack.up(paths, mqtt_port=0, aws_port=0)
-        try:
-            yield LocalStack(paths, info)
-        finally:
-            stack.down(paths)
-
-
-def test_hundred_gateways_reconnect_within_the_connect_rate(storm_stack: LocalStack) -> None:
+def test_hundred_gateways_reconnect_within_the_connect_rate(private_stack: LocalStack) -> None:
     stop = threading.Event()
     fleet: list[tuple[str, Publisher, MemoryOutbox]] = []
     for n in range(GATEWAYS):
         gw = f"gw-storm-{n:03d}"
-        cert, key = storm_stack.issue(gw)
+        cert, key = private_stack.issue(gw)
         settings = PublishSettings(
             host="localhost",
-            port=storm_stack.info.mqtt_port,
-            ca_file=storm_stack.layout.ca_cert,
+            port=private_stack.info.mqtt_port,
+            ca_file=private_stack.layout.ca_cert,
             cert_file=cert,
             key_file=key,
             backoff_min_s=1.0,
@@ -105,14 +94,14 @@ def test_hundred_gateways_reconnect_within_the_connect_rate(storm_stack: LocalSt
         _wait(lambda: all(not o.messages for _, _, o in fleet), 60, "initial delivery")
         before = [p.connects for _, p, _ in fleet]
 
-        stack.stop_broker(storm_stack.paths)
+        stack.stop_broker(private_stack.paths)
         _wait(lambda: not any(p.connected for _, p, _ in fleet), 30, "disconnects")
         for _, _, outbox in fleet:
             outbox.add(5)  # buffered while the broker is away
         outage = 5.0
         time.sleep(outage)
         restarted = time.monotonic()
-        stack.start_broker(storm_stack.paths)
+        stack.start_broker(private_stack.paths)
         _wait(lambda: all(p.connected for _, p, _ in fleet), 90, "reconnects")
         _wait(lambda: all(not o.messages for _, _, o in fleet), 90, "delivery after the outage")
         took = time.monotonic() - restarted
