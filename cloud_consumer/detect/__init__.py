@@ -1,0 +1,1 @@
+"""Detection engine: rolling per-series state, alert episodes (rules build on these)."""

@@ -1,0 +1,514 @@
+"""SeriesTable: the rolling window of every (meter, channel) series, in one growable numpy table.
+
+Written once here and wrapped around by every detector (the river model: the window is not
+re-implemented inside each rule). Each tracked series is one row; a row holds a ring buffer of the
+last ``window`` readings (values float64, timestamps int64 ms) and cached window statistics.
+
+Design decisions, measured or argued:
+
+* **Row lookup.** One dict per channel maps a meter id to its row (str hashes are cached, so this
+  is ~2x faster than hashing ``(meter_id, channel)`` tuples). A batch is factorised with numpy
+  first (a mask over the dictionary's code space when dense, ``np.unique`` otherwise), so Python
+  work happens once per *unique* pair, never per reading: ~0.4 us per pair in a 1M-entry table
+  (cache misses), which dominates when each batch touches each series about once.
+* **Batch update.** Readings are ordered by ``(row, timestamp)`` with a stable sort (ties keep
+  arrival order; ``np.sort`` of ``key * n + position`` is SIMD-accelerated, ~10x ``argsort``);
+  each gets its rank inside its series with a ``cumsum`` trick and is scattered to ring slot
+  ``(seen + rank) % window``. Readings older than the last ``window`` of their series in the same
+  batch are dropped before the scatter, so no slot is written twice.
+* **Order across batches.** Batches are applied in arrival order: a reading that arrives in a later
+  batch occupies a newer slot even if its timestamp is older. Ordering is the transport's job
+  (Kinesis keeps a meter on one shard, in order); within one batch we sort by time.
+* **Statistics: exact, not running.** Per row the table caches the in-window count (from the
+  per-row reading count), the sum and the sum of squared deviations (M2, two-pass Welford-style
+  variance: never negative, no catastrophic cancellation as with ``sum(x**2) - n*mean**2``).
+  They are recomputed from the ring for the rows a batch touches instead of
+  being updated by ``+new - evicted``. Float addition is not associative, so running sums would
+  depend on batch boundaries and drift; recomputing makes every accessor a pure function of the
+  ring contents, which is what makes replays, batch-size independence and snapshot/restore
+  *bit-for-bit* exact, with zero drift. The cost is a few ``window``-long passes per touched row
+  per batch (in chunks of 1,024 rows so temporaries stay in L2): cheaper than running sums when
+  batches carry several readings per series (10,000 series: 6-13 M readings/s on this noisy
+  machine), 1.5-2 M readings/s when each batch touches each of 1,000,000 series about once
+  (bench/detect_state_bench.py).
+* **Time-based windows.** With ``horizon_ms`` set, statistics and :meth:`SeriesTable.window_of` only
+  count ring points with ``ts > newest - horizon_ms``, where ``newest`` is the series' newest
+  timestamp (event time, not wall clock: an idle series keeps its last window; gaps are a rule's
+  business). The ring still holds ``window`` points, so size ``window`` for the densest expected
+  horizon (e.g. 60 one-minute readings for a one-hour horizon).
+* **Memory.** At ``window=60`` a row is ``60 * (8 + 8)`` ring bytes plus 32 bytes of counters and
+  statistics (992 bytes), plus the key tuple, the meter id and a dict slot: ~1.2 KB measured by
+  ``bench/detect_state_bench.py`` (target <= 2 KB per meter-channel). Capacity doubles, so right
+  after a growth up to half the rows are spare (~1.5 KB per used row at 100,000 rows).
+* **Snapshots.** ``MAGIC | version u16 | header length u32 | CRC-32 u32 | orjson header | raw
+  little-endian arrays`` (the CRC covers header and arrays, so a flipped bit in a stored value is
+  caught too). The header holds the window parameters and the keys in row order (so row indices,
+  which other state such as episode trackers refers to, survive a restore); the arrays hold the
+  ring and the per-row reading counts. Statistics are recomputed on restore by the same code, so
+  they are bit-identical. Any damage raises :class:`SnapshotError`, never another exception.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from typing import Any, NamedTuple, cast
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+SeriesKey = tuple[str, int]
+"""A series' identity: ``(meter_id, channel code)``."""
+
+SNAPSHOT_MAGIC = b"MLSTATE\x00"
+"""First bytes of a :meth:`SeriesTable.snapshot`."""
+SNAPSHOT_VERSION = 1
+"""Format version written by :meth:`SeriesTable.snapshot`; restore accepts this one only."""
+_PREFIX = struct.Struct("<8sHII")  # magic, version, header length, CRC-32 of what follows
+# Rows per statistics pass: bounds temporaries to ~0.5 MB (1K..16K measured within noise).
+_REFRESH_CHUNK = 1_024
+_MAX_WINDOW = 1 << 16
+_INT64_MIN = np.iinfo(np.int64).min
+
+
+class SnapshotError(Exception):
+    """Snapshot bytes that cannot be restored (truncated, foreign, corrupt, or a newer version)."""
+
+    retriable = False
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Window(NamedTuple):
+    """Window contents of some rows, oldest first; ``valid`` marks real points (others padding).
+
+    ``values`` is NaN and ``ts`` is -1 where ``valid`` is False, so ``np.nanmedian(values, axis=1)``
+    gives the window median directly.
+    """
+
+    values: FloatArray
+    ts: IntArray
+    valid: BoolArray
+
+
+class SeriesTable:
+    """Rolling windows for every tracked (meter, channel) series; see the module docstring."""
+
+    def __init__(self, window: int = 60, *, horizon_ms: int | None = None, capacity: int = 1024):
+        if not 1 <= window <= _MAX_WINDOW:
+            raise ValueError(f"window must be in [1, {_MAX_WINDOW}], got {window}")
+        if horizon_ms is not None and horizon_ms <= 0:
+            raise ValueError(f"horizon_ms must be positive, got {horizon_ms}")
+        self.window = window
+        self.horizon_ms = horizon_ms
+        self._index: dict[int, dict[str, int]] = {}  # channel -> meter id -> row
+        self._keys: list[SeriesKey] = []
+        self._alloc(max(1, capacity))
+
+    def _alloc(self, capacity: int) -> None:
+        self._values = np.zeros((capacity, self.window), dtype=np.float64)
+        self._ts = np.zeros((capacity, self.window), dtype=np.int64)
+        self._seen = np.zeros(capacity, dtype=np.int64)  # readings ever applied to the row
+        self._count = np.zeros(capacity, dtype=np.int64)  # readings in the window
+        self._sum = np.zeros(capacity, dtype=np.float64)
+        self._m2 = np.zeros(capacity, dtype=np.float64)
+
+    def _grow(self, needed: int) -> None:
+        capacity = len(self._seen)
+        if needed <= capacity:
+            return
+        while capacity < needed:
+            capacity *= 2
+        old = (self._values, self._ts, self._seen, self._count, self._sum, self._m2)
+        self._alloc(capacity)
+        new = (self._values, self._ts, self._seen, self._count, self._sum, self._m2)
+        for target, source in zip(new, old, strict=True):
+            target[: len(source)] = source
+
+    # --- rows -------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @property
+    def capacity(self) -> int:
+        """Rows allocated (grows by doubling)."""
+        return len(self._seen)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the numpy arrays (allocated capacity, not just used rows)."""
+        arrays = (self._values, self._ts, self._seen, self._count, self._sum, self._m2)
+        return sum(a.nbytes for a in arrays)
+
+    def key_of(self, rows: Sequence[int] | IntArray) -> list[SeriesKey]:
+        """The ``(meter_id, channel)`` of each row (Python objects: for alerts, not hot paths)."""
+        keys = self._keys
+        return [keys[row] for row in np.asarray(rows, dtype=np.int64).tolist()]
+
+    def rows_for(
+        self,
+        meters: Sequence[str],
+        channels: npt.ArrayLike,
+        index: npt.ArrayLike | None = None,
+    ) -> IntArray:
+        """Row index of each reading's series, creating rows for series seen for the first time.
+
+        Either ``meters`` holds one meter id per reading, or (``index`` given) it is a batch's
+        meter dictionary and ``index`` maps each reading into it, as in
+        :class:`meterlink_wire.batch.ReadingBatch` (``batch.meters, batch.channel, batch.meter``).
+        Pairs are factorised with numpy; Python work is done once per unique pair.
+        """
+        chan = np.asarray(channels).astype(np.int64)
+        if index is None:
+            dictionary, inverse = np.unique(np.asarray(meters, dtype=np.str_), return_inverse=True)
+            meter_ids: Sequence[str] = dictionary.tolist()
+            meter_index = inverse.reshape(-1).astype(np.int64)
+        else:
+            meter_ids = meters
+            meter_index = np.asarray(index).astype(np.int64)
+        if meter_index.shape != chan.shape or chan.ndim != 1:
+            raise ValueError("meters/index and channels must be 1-D and of equal length")
+        if not chan.size:
+            return np.zeros(0, dtype=np.int64)
+        if chan.min() < 0 or chan.max() > 255:
+            raise ValueError("channel codes must be in [0, 255]")
+        if meter_index.min() < 0 or meter_index.max() >= len(meter_ids):
+            raise ValueError("meter index outside the meter dictionary")
+        present = np.zeros(256, dtype=np.bool_)
+        present[chan] = True
+        chan_codes = np.flatnonzero(present)
+        chan_rank = np.zeros(256, dtype=np.int64)
+        chan_rank[chan_codes] = np.arange(chan_codes.size)
+        pair = meter_index * chan_codes.size + chan_rank[chan]
+        space = len(meter_ids) * chan_codes.size
+        if space <= 4 * chan.size + 4096:  # dense code space: a mask beats sorting
+            seen = np.zeros(space, dtype=np.bool_)
+            seen[pair] = True
+            unique = np.flatnonzero(seen)
+            lookup = np.empty(space, dtype=np.int64)
+            lookup[unique] = self._rows_of_pairs(unique, chan_codes, meter_ids)
+            result: IntArray = lookup[pair]
+            return result
+        unique, inverse = np.unique(pair, return_inverse=True)
+        result = self._rows_of_pairs(unique, chan_codes, meter_ids)[inverse.reshape(-1)]
+        return result
+
+    def _rows_of_pairs(
+        self, pairs: IntArray, chan_codes: IntArray, meter_ids: Sequence[str]
+    ) -> IntArray:
+        """Rows of sorted unique (meter, channel rank) codes; new series get rows in code order."""
+        width = chan_codes.size
+        meter_of = pairs // width
+        chan_of = pairs % width
+        found = np.empty(pairs.size, dtype=np.int64)
+        missing: list[tuple[int, str, int]] = []
+        # One dict per channel keyed by meter id: str hashes are cached, so a lookup is cheaper
+        # than hashing a (meter, channel) tuple.
+        for rank, code in enumerate(chan_codes.tolist()):
+            where = np.flatnonzero(chan_of == rank) if width > 1 else np.arange(pairs.size)
+            names = list(map(meter_ids.__getitem__, meter_of[where].tolist()))
+            rows = list(map(self._index.setdefault(code, {}).get, names))
+            if None in rows:
+                positions = where.tolist()
+                for i, row in enumerate(rows):
+                    if row is None:
+                        missing.append((positions[i], names[i], code))
+                        rows[i] = -1
+            found[where] = cast(list[int], rows)  # None replaced by -1 above
+        if missing:
+            missing.sort()
+            size = len(self._keys)
+            for position, name, code in missing:
+                self._index[code][name] = size
+                self._keys.append((name, code))
+                found[position] = size
+                size += 1
+            self._grow(size)
+        return found
+
+    # --- update -----------------------------------------------------------------------------
+
+    def update(self, rows: npt.ArrayLike, ts_ms: npt.ArrayLike, values: npt.ArrayLike) -> None:
+        """Append one batch of readings (any order, any number per series) to their windows.
+
+        Within the batch, each series' readings are applied in timestamp order (ties in arrival
+        order). Values must be finite (the wire decoder guarantees it); rows must exist.
+        """
+        row = np.asarray(rows).astype(np.int64, copy=False)
+        ts = np.asarray(ts_ms).astype(np.int64, copy=False)
+        value = np.asarray(values).astype(np.float64, copy=False)
+        if not row.ndim == ts.ndim == value.ndim == 1 or not row.size == ts.size == value.size:
+            raise ValueError("rows, ts_ms and values must be 1-D and of equal length")
+        n = row.size
+        if not n:
+            return
+        if row.min() < 0 or row.max() >= len(self._keys):
+            raise ValueError("row index outside the table (use rows_for first)")
+        if not np.isfinite(value).all():
+            raise ValueError("values must be finite")
+        width = self.window
+        if n > 1:
+            order = series_order(row, ts)
+            row, ts, value = row[order], ts[order], value[order]
+        first = np.empty(n, dtype=np.bool_)
+        first[0] = True
+        np.not_equal(row[1:], row[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        unique = row[starts]
+        before = self._seen[unique]
+        if starts.size == n:  # one reading per series: no ranks needed
+            slot = before % width
+            target = unique * width + slot
+        else:
+            sizes = np.diff(np.append(starts, n))
+            group = np.cumsum(first) - 1
+            rank = np.arange(n) - starts[group]
+            slot = (before[group] + rank) % width
+            target = row * width + slot
+            if sizes.max() > width:  # keep only the newest `window` readings of each series
+                keep = rank >= (sizes - width)[group]
+                target, ts, value = target[keep], ts[keep], value[keep]
+            before = before + sizes - 1
+        self._values.reshape(-1)[target] = value
+        self._ts.reshape(-1)[target] = ts
+        self._seen[unique] = before + 1
+        self._refresh(unique)
+
+    def _refresh(self, rows: IntArray) -> None:
+        """Recompute count, sum and M2 of ``rows`` exactly from their rings."""
+        # Every row goes through the same array operations whatever else is in its chunk (the
+        # reductions run row by row), so a row's statistics depend on its ring alone. Ring slots
+        # never written hold 0.0 (fresh rows are zeroed; restore zeroes them too), so a partly
+        # filled count window needs masking only for the deviations.
+        width = self.window
+        slots = np.arange(width)
+        for begin in range(0, rows.size, _REFRESH_CHUNK):
+            chunk = rows[begin : begin + _REFRESH_CHUNK]
+            values = self._values[chunk]
+            fill = np.minimum(self._seen[chunk], width)
+            valid: BoolArray | None = None
+            if self.horizon_ms is None:
+                count = fill
+                if (fill < width).any():
+                    valid = slots < fill[:, None]
+            else:
+                valid = slots < fill[:, None]
+                ts = self._ts[chunk]
+                newest = np.where(valid, ts, _INT64_MIN).max(axis=1)
+                valid &= ts > (newest - self.horizon_ms)[:, None]
+                values *= valid
+                count = valid.sum(axis=1)
+            total = values.sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = total / count
+            deviation = values - mean[:, None]
+            if valid is not None:
+                # Multiplying by True is exact (x * 1.0 == x), so rows of a chunk that needs no
+                # mask get the same bits as here.
+                deviation *= valid
+            self._count[chunk] = count
+            self._sum[chunk] = total
+            m2 = np.einsum("ij,ij->i", deviation, deviation)
+            self._m2[chunk] = np.where(count > 0, m2, 0.0)  # an empty window's mean is NaN
+
+    # --- accessors --------------------------------------------------------------------------
+
+    def count(self, rows: npt.ArrayLike) -> IntArray:
+        """Readings inside each row's window (count- or time-based)."""
+        return self._count[np.asarray(rows, dtype=np.int64)]
+
+    def seen(self, rows: npt.ArrayLike) -> IntArray:
+        """Readings ever applied to each row (including those evicted since)."""
+        return self._seen[np.asarray(rows, dtype=np.int64)]
+
+    def mean(self, rows: npt.ArrayLike) -> FloatArray:
+        """Window mean of each row (NaN for an empty window)."""
+        index = np.asarray(rows, dtype=np.int64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self._sum[index] / self._count[index]
+
+    def variance(self, rows: npt.ArrayLike, ddof: int = 0) -> FloatArray:
+        """Window variance (population for ``ddof=0``; NaN where count <= ddof)."""
+        index = np.asarray(rows, dtype=np.int64)
+        denominator = self._count[index] - ddof
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(denominator > 0, self._m2[index] / denominator, np.nan)
+
+    def std(self, rows: npt.ArrayLike, ddof: int = 0) -> FloatArray:
+        """Window standard deviation (see :meth:`variance`)."""
+        return np.sqrt(self.variance(rows, ddof))
+
+    def last(self, rows: npt.ArrayLike) -> tuple[FloatArray, IntArray]:
+        """Most recently applied value and timestamp of each row (NaN, -1 if none yet)."""
+        index = np.asarray(rows, dtype=np.int64)
+        seen = self._seen[index]
+        flat = index * self.window + (seen - 1) % self.window
+        empty = seen == 0
+        values = np.where(empty, np.nan, self._values.reshape(-1)[flat])
+        ts = np.where(empty, -1, self._ts.reshape(-1)[flat])
+        return values, ts
+
+    def window_of(self, rows: npt.ArrayLike) -> Window:
+        """Window contents of each row, oldest first, padded on the left (for median/MAD)."""
+        index = np.asarray(rows, dtype=np.int64)
+        width = self.window
+        seen = self._seen[index]
+        position = seen[:, None] - width + np.arange(width)[None, :]
+        valid = position >= 0
+        flat = index[:, None] * width + position % width
+        ts = self._ts.reshape(-1)[flat]
+        if self.horizon_ms is not None:
+            newest = np.where(valid, ts, _INT64_MIN).max(axis=1, initial=_INT64_MIN)
+            valid &= ts > (newest - self.horizon_ms)[:, None]
+        values = np.where(valid, self._values.reshape(-1)[flat], np.nan)
+        return Window(values, np.where(valid, ts, -1), valid)
+
+    # --- snapshot ---------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The whole table as bytes; :meth:`restore` rebuilds it exactly (see module docstring)."""
+        size = len(self._keys)
+        header = orjson.dumps(
+            {
+                "window": self.window,
+                "horizon_ms": self.horizon_ms,
+                "size": size,
+                "keys": self._keys,
+            }
+        )
+        parts = (
+            header,
+            self._values[:size].astype("<f8", copy=False).tobytes(),
+            self._ts[:size].astype("<i8", copy=False).tobytes(),
+            self._seen[:size].astype("<i8", copy=False).tobytes(),
+        )
+        crc = 0
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+        prefix = _PREFIX.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(header), crc)
+        return b"".join((prefix, *parts))
+
+    @classmethod
+    def restore(cls, data: bytes) -> SeriesTable:
+        """Rebuild a table from :meth:`snapshot` bytes; raise :class:`SnapshotError` if damaged."""
+        try:
+            return cls._restore(data)
+        except SnapshotError:
+            raise
+        except Exception as exc:  # untrusted bytes: whatever breaks is one typed error
+            raise SnapshotError(f"unreadable snapshot: {type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def _restore(cls, data: bytes) -> SeriesTable:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise SnapshotError(f"expected bytes, got {type(data).__name__}")
+        view = memoryview(data).cast("B")
+        if len(view) < _PREFIX.size:
+            raise SnapshotError("truncated: shorter than the snapshot prefix")
+        magic, version, header_len, crc = _PREFIX.unpack_from(view)
+        if magic != SNAPSHOT_MAGIC:
+            raise SnapshotError("not a SeriesTable snapshot (bad magic)")
+        if version != SNAPSHOT_VERSION:
+            raise SnapshotError(f"unsupported snapshot version {version}")
+        if zlib.crc32(view[_PREFIX.size :]) != crc:
+            raise SnapshotError("checksum mismatch (corrupt or truncated snapshot)")
+        body = _PREFIX.size + header_len
+        if len(view) < body:
+            raise SnapshotError("truncated header")
+        header = orjson.loads(bytes(view[_PREFIX.size : body]))
+        window, horizon_ms, size, keys = _check_header(header)
+        cells = size * window
+        expected = body + 8 * (2 * cells + size)
+        if len(view) != expected:
+            raise SnapshotError(f"length {len(view)} bytes, expected {expected}")
+        arrays = np.frombuffer(view, dtype=np.uint8, offset=body)
+        values = arrays[: 8 * cells].view("<f8").reshape(size, window)
+        ts = arrays[8 * cells : 16 * cells].view("<i8").reshape(size, window)
+        seen = arrays[16 * cells :].view("<i8")
+        if size and seen.min() < 0:
+            raise SnapshotError("negative reading count")
+        used = np.arange(window)[None, :] < np.minimum(seen, window)[:, None]
+        if not np.isfinite(values[used]).all():
+            raise SnapshotError("non-finite value in a window")
+        table = cls(window, horizon_ms=horizon_ms, capacity=max(1, size))
+        table._keys = keys
+        for row, (meter_id, channel) in enumerate(keys):
+            table._index.setdefault(channel, {})[meter_id] = row
+        if sum(map(len, table._index.values())) != size:
+            raise SnapshotError("duplicate series key")
+        # Slots not yet written must be zero, as in a live table (statistics rely on it).
+        table._values[:size] = np.where(used, values, 0.0)
+        table._ts[:size] = np.where(used, ts, 0)
+        table._seen[:size] = seen
+        table._refresh(np.arange(size, dtype=np.int64))
+        return table
+
+
+def series_order(rows: IntArray, ts: IntArray) -> IntArray:
+    """Permutation putting readings in ``(row, ts, arrival)`` order: each series, oldest first.
+
+    Two stable sorts (time, then row); the first is skipped when the batch is already in time
+    order, the usual case. Shared with the episode tracker so both see the same reading order.
+    """
+    if rows.size < 2:
+        return np.arange(rows.size, dtype=np.int64)
+    if bool((ts[1:] >= ts[:-1]).all()):
+        return _stable_order(rows)
+    by_time = _stable_order(ts)
+    order: IntArray = by_time[_stable_order(rows[by_time])]
+    return order
+
+
+def _stable_order(keys: IntArray) -> IntArray:
+    """Permutation sorting ``keys`` stably (ties keep their positions' order).
+
+    When ``(key - min) * n + position`` fits in int64, sorting that with ``np.sort`` (SIMD
+    accelerated, no index array) is several times faster than ``argsort(kind="stable")``.
+    """
+    n = keys.size
+    low = int(keys.min())
+    span = int(keys.max()) - low
+    if span < (1 << 62) // max(n, 1):
+        combined = (keys - low) * n + np.arange(n, dtype=np.int64)
+        combined.sort()
+        order: IntArray = combined % n
+        return order
+    return np.argsort(keys, kind="stable")
+
+
+def _check_header(header: Any) -> tuple[int, int | None, int, list[SeriesKey]]:
+    """Validate a snapshot header's types and ranges; return its fields."""
+    if not isinstance(header, dict):
+        raise SnapshotError("header is not an object")
+    window = header.get("window")
+    horizon = header.get("horizon_ms")
+    size = header.get("size")
+    raw_keys = header.get("keys")
+    if type(window) is not int or not 1 <= window <= _MAX_WINDOW:
+        raise SnapshotError(f"bad window {window!r}")
+    if horizon is not None and (type(horizon) is not int or horizon <= 0):
+        raise SnapshotError(f"bad horizon_ms {horizon!r}")
+    if type(size) is not int or size < 0:
+        raise SnapshotError(f"bad size {size!r}")
+    if not isinstance(raw_keys, list) or len(raw_keys) != size:
+        raise SnapshotError("keys missing or not one per row")
+    keys: list[SeriesKey] = []
+    for key in raw_keys:
+        if (
+            not isinstance(key, list)
+            or len(key) != 2
+            or not isinstance(key[0], str)
+            or type(key[1]) is not int
+            or not 0 <= key[1] <= 255
+        ):
+            raise SnapshotError(f"bad series key {key!r}")
+        keys.append((key[0], key[1]))
+    return window, horizon, size, keys
