@@ -11,6 +11,7 @@ import pytest
 
 from edge_agent.buffer import DurableBuffer
 from meterlink_stack import pki, stack
+from meterlink_wire import TopicKind, decode_status, topic_for
 from tests.conftest import free_port
 from tests.edge.agent_harness import (
     AgentProcess,
@@ -20,6 +21,7 @@ from tests.edge.agent_harness import (
     readings,
     wait_delivered,
 )
+from tests.edge.test_publish import Observer
 from tests.integration.stackclient import LocalStack, StreamReader
 
 pytestmark = pytest.mark.integration
@@ -196,6 +198,13 @@ def test_full_buffer_drops_oldest_and_counts_exactly(private_stack: LocalStack, 
     ):
         assert time.monotonic() < deadline, "backlog did not drain"
         time.sleep(0.5)
+    # The retained status topic reports the drops too (what fleet monitoring sees).
+    observer = Observer(private_stack, topic_for(gw, TopicKind.STATUS))
+    try:
+        time.sleep(2.5)  # status every second: the last one reflects the drained buffer
+        statuses = [decode_status(m.payload) for m in observer.received()]
+    finally:
+        observer.close()
     assert agent.terminate() == 0
     stats = buffer_stats(config)
     total = delivered(reader, gw, {})
@@ -203,6 +212,9 @@ def test_full_buffer_drops_oldest_and_counts_exactly(private_stack: LocalStack, 
     assert stats.messages == 0  # type: ignore[attr-defined]
     assert total == stats.delivered_readings  # type: ignore[attr-defined]
     assert stats.delivered_readings + stats.dropped_readings == 60_000  # type: ignore[attr-defined]
+    assert statuses and statuses[-1].state == "online"
+    assert statuses[-1].dropped_readings == stats.dropped_readings  # type: ignore[attr-defined]
+    assert statuses[-1].buffer_rows == 0
 
 
 def scrape(port: int, name: str) -> float:
