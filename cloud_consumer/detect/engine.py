@@ -1,0 +1,235 @@
+"""The detection engine: one rolling-window table, many detectors, one episode tracker each.
+
+:meth:`Engine.process` takes a batch of readings (:class:`ReadingColumns`) and returns the alerts
+it opened and resolved. Results are **identical whatever the batch size**: each reading is scored
+against its series' window as of the reading before it in that series, exactly as if readings
+arrived one by one. The batch is sorted once by ``(row, ts)`` (:func:`series_order`; ties in
+arrival order) and evaluated in *rank rounds*: round 0 holds the first reading of every series in
+the batch, round 1 the second, and so on. Each round is one vectorised step (every detector
+scores it, learns it, then the table is updated with it), so the number of Python-level steps is
+the largest number of readings any one series has in the batch (1 when the transport delivers a
+series' readings in separate batches, the usual case on the live path; a replay chunk that holds
+many readings of few meters takes many small rounds). Episodes are decided once per batch per
+detector from the collected ``holds``; the episode tracker is batch-size independent itself.
+
+Readings of a series are taken in timestamp order within a batch and in arrival order across
+batches (ordering is the transport's job: Kinesis keeps a meter on one shard, in order), so
+batch-size independence holds for streams whose series arrive in time order.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from cloud_consumer.detect.base import Detector, Frame, Scores, StatefulDetector
+from cloud_consumer.detect.episodes import Alert, EpisodeTracker
+from cloud_consumer.detect.state import (
+    BoolArray,
+    FloatArray,
+    IntArray,
+    SeriesTable,
+    SnapshotError,
+    series_order,
+)
+from cloud_consumer.replay_input import ReadingColumns
+
+ENGINE_SNAPSHOT_MAGIC = b"MLENGINE"
+"""First bytes of an :meth:`Engine.snapshot`."""
+ENGINE_SNAPSHOT_VERSION = 1
+"""Format version written by :meth:`Engine.snapshot`; restore accepts this one only."""
+# magic, version, header length, CRC-32 of everything after the prefix
+_PREFIX = struct.Struct("<8sHII")
+_SECTION = struct.Struct("<Q")
+
+
+class _Collected:
+    """One detector's per-reading verdicts over a whole batch, filled round by round."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.holds: BoolArray = np.zeros(size, dtype=np.bool_)
+        self.score: FloatArray = np.full(size, np.nan)
+        self.evidence: dict[str, FloatArray] = {}
+
+    def put(self, index: IntArray, scores: Scores) -> None:
+        self.holds[index] = scores.holds
+        self.score[index] = scores.score
+        for name, values in scores.evidence.items():
+            column = self.evidence.get(name)
+            if column is None:
+                column = self.evidence[name] = np.full(self.size, np.nan)
+            column[index] = values
+
+
+def _alert_order(alert: Alert) -> tuple[int, str, int, str, bool]:
+    """Alerts of a batch in event order: when it changed, then series and rule, open first."""
+    at = alert.opened_ms if alert.resolved_ms is None else alert.resolved_ms
+    return (at, alert.meter_id, alert.channel, alert.rule, alert.resolved_ms is not None)
+
+
+def _rounds(rows: IntArray) -> list[IntArray]:
+    """Positions of ``(row, ts)``-sorted readings grouped by rank within their series."""
+    n = rows.size
+    first = np.empty(n, dtype=np.bool_)
+    first[0] = True
+    np.not_equal(rows[1:], rows[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    if starts.size == n:
+        return [np.arange(n, dtype=np.int64)]
+    rank = np.arange(n) - starts[np.cumsum(first) - 1]
+    by_rank = np.argsort(rank, kind="stable").astype(np.int64)
+    bounds = np.cumsum(np.bincount(rank))[:-1]
+    return list(np.split(by_rank, bounds))
+
+
+class Engine:
+    """Runs detectors over batches of readings; see the module docstring.
+
+    ``window`` (and optional ``horizon_ms``) size the shared :class:`SeriesTable`; detector names
+    must be distinct (they name the rule in alerts and episode ids).
+    """
+
+    def __init__(
+        self,
+        detectors: Sequence[Detector],
+        *,
+        window: int = 60,
+        horizon_ms: int | None = None,
+    ) -> None:
+        names = [detector.name for detector in detectors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"detector names must be distinct, got {names}")
+        self.detectors: tuple[Detector, ...] = tuple(detectors)
+        self.table = SeriesTable(window, horizon_ms=horizon_ms)
+        self.trackers = [EpisodeTracker(d.name, d.severity) for d in self.detectors]
+
+    def process(self, columns: ReadingColumns) -> list[Alert]:
+        """Score a batch, update state, return the alerts it opened and resolved (event order).
+
+        An episode that opens and resolves within the batch appears twice (open, then resolved,
+        same episode id). Values must be finite (the readers and the wire decoder drop the rest);
+        a non-finite value raises ValueError before any state changes.
+        """
+        n = len(columns)
+        if not n:
+            return []
+        value = np.asarray(columns.value, dtype=np.float64)
+        if not np.isfinite(value).all():
+            raise ValueError("values must be finite")
+        ts = np.asarray(columns.ts_ms, dtype=np.int64)
+        rows = self.table.rows_for(columns.meter_ids, columns.channel, columns.meter)
+        order = series_order(rows, ts)
+        frame = Frame(
+            rows[order],
+            ts[order],
+            value[order],
+            np.asarray(columns.channel, dtype=np.uint8)[order],
+            np.asarray(columns.unit, dtype=np.uint8)[order],
+            np.asarray(columns.meter, dtype=np.int32)[order],
+            columns.meter_ids,
+        )
+        collected = [_Collected(n) for _ in self.detectors]
+        for index in _rounds(frame.rows):
+            step = frame if index.size == n else frame.take(index)
+            for detector, found in zip(self.detectors, collected, strict=True):
+                found.put(index, detector.score(step, self.table))
+            for detector in self.detectors:
+                detector.learn(step, self.table)
+            self.table.update(step.rows, step.ts_ms, step.value)
+        alerts: list[Alert] = []
+        for tracker, found in zip(self.trackers, collected, strict=True):
+            changes = tracker.update(
+                frame.rows, found.holds, frame.ts_ms, self.table, found.evidence
+            )
+            alerts += changes.opened
+            alerts += changes.resolved
+        alerts.sort(key=_alert_order)
+        return alerts
+
+    def open_alerts(self) -> list[Alert]:
+        """Every currently open episode of every detector."""
+        return [alert for tracker in self.trackers for alert in tracker.open_alerts(self.table)]
+
+    # --- snapshot ---------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """Table, episode trackers and detector state as bytes; see :meth:`restore`.
+
+        ``MAGIC | version u16 | header length u32 | CRC-32 u32 | orjson header | sections``,
+        each section a u64 length and the bytes of: the table, then per detector its tracker and
+        its own state (empty for stateless detectors).
+        """
+        sections = [self.table.snapshot()]
+        for detector, tracker in zip(self.detectors, self.trackers, strict=True):
+            sections.append(tracker.snapshot())
+            sections.append(detector.snapshot() if isinstance(detector, StatefulDetector) else b"")
+        header = orjson.dumps({"detectors": [d.name for d in self.detectors]})
+        body = b"".join([header, *(_SECTION.pack(len(s)) + s for s in sections)])
+        prefix = _PREFIX.pack(
+            ENGINE_SNAPSHOT_MAGIC, ENGINE_SNAPSHOT_VERSION, len(header), zlib.crc32(body)
+        )
+        return prefix + body
+
+    @classmethod
+    def restore(cls, data: bytes, detectors: Sequence[Detector]) -> Engine:
+        """Rebuild an engine from :meth:`snapshot` bytes around fresh ``detectors``.
+
+        The detectors carry the configuration (not saved); their names must match the snapshot's,
+        in order. Any damage or mismatch raises :class:`SnapshotError`.
+        """
+        try:
+            return cls._restore(data, detectors)
+        except SnapshotError:
+            raise
+        except Exception as exc:  # untrusted bytes: whatever breaks is one typed error
+            raise SnapshotError(f"unreadable engine snapshot: {type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def _restore(cls, data: bytes, detectors: Sequence[Detector]) -> Engine:
+        raw = bytes(data)
+        if len(raw) < _PREFIX.size:
+            raise SnapshotError("truncated: shorter than the engine snapshot prefix")
+        magic, version, header_len, crc = _PREFIX.unpack_from(raw)
+        if magic != ENGINE_SNAPSHOT_MAGIC:
+            raise SnapshotError("not an engine snapshot (bad magic)")
+        if version != ENGINE_SNAPSHOT_VERSION:
+            raise SnapshotError(f"unsupported engine snapshot version {version}")
+        body = raw[_PREFIX.size :]
+        if zlib.crc32(body) != crc:
+            raise SnapshotError("checksum mismatch (corrupt or truncated engine snapshot)")
+        header: Any = orjson.loads(body[:header_len])
+        names = [d.name for d in detectors]
+        if not isinstance(header, dict) or header.get("detectors") != names:
+            raise SnapshotError(f"snapshot detectors do not match {names}")
+        sections: list[bytes] = []
+        offset = header_len
+        while offset < len(body):
+            (size,) = _SECTION.unpack_from(body, offset)
+            offset += _SECTION.size
+            if offset + size > len(body):
+                raise SnapshotError("truncated section")
+            sections.append(body[offset : offset + size])
+            offset += size
+        if len(sections) != 1 + 2 * len(detectors):
+            raise SnapshotError(f"{len(sections)} sections for {len(detectors)} detectors")
+        table = SeriesTable.restore(sections[0])
+        engine = cls(detectors, window=table.window, horizon_ms=table.horizon_ms)
+        engine.table = table
+        for i, detector in enumerate(engine.detectors):
+            tracker = EpisodeTracker.restore(sections[1 + 2 * i])
+            if tracker.rule != detector.name:
+                raise SnapshotError(f"tracker of {tracker.rule!r} where {detector.name!r} was due")
+            tracker.severity = detector.severity
+            engine.trackers[i] = tracker
+            state = sections[2 + 2 * i]
+            if isinstance(detector, StatefulDetector):
+                detector.restore(state)
+            elif state:
+                raise SnapshotError(f"state saved for stateless detector {detector.name!r}")
+        return engine

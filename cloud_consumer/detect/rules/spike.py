@@ -1,0 +1,153 @@
+"""Spike rules: rate of change and drop against the previous reading, robust z-score vs the window.
+
+Both come from VEE (validation, estimation and editing) of interval meter data: the *spike check*
+flags a reading that differs from the series' previous reading by more than a percentage (500 %
+here), the *drop check* one that falls by more than 90 %; the robust z-score (median and MAD,
+Iglewicz and Hoaglin's modified z-score) is the outlier test of statistical VEE, robust to the
+outliers it looks for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cloud_consumer.detect.base import Frame, Scores, constant
+from cloud_consumer.detect.episodes import Severity
+from cloud_consumer.detect.state import FloatArray, SeriesTable
+
+MAD_SCALE = 1.4826
+"""Makes the MAD a consistent estimator of the standard deviation for normal data."""
+
+
+def row_median(values: FloatArray) -> FloatArray:
+    """Median of each row ignoring NaN (padding); every row must hold at least one number.
+
+    One ``np.sort`` along the rows (NaN sorts last) and two gathers: ~10x faster than
+    ``np.nanmedian`` or ``np.median`` over many short rows, which dominate this rule's cost.
+    """
+    ordered = np.sort(values, axis=1)
+    count = values.shape[1] - np.isnan(values).sum(axis=1)
+    lines = np.arange(values.shape[0])
+    upper = ordered[lines, count // 2]
+    lower = ordered[lines, (count - 1) // 2]
+    middle: FloatArray = (lower + upper) / 2.0
+    return middle
+
+
+@dataclass(frozen=True)
+class SpikeConfig:
+    """Parameters of :class:`SpikeDetector`; defaults from the VEE spike and drop checks."""
+
+    rise: float = 5.0
+    """Relative change ``|v - prev| / max(|prev|, eps)`` above this is a spike (500 %)."""
+    drop: float = 0.1
+    """With ``prev > 0``, a value below ``drop * prev`` is a drop (a fall of more than 90 %)."""
+    eps: float = 1e-9
+    """Floor of ``|prev|`` in the relative change (a previous zero makes any rise a spike)."""
+    severity: Severity = "warning"
+
+
+class SpikeDetector:
+    """VEE spike and drop check: each reading against its series' previous reading.
+
+    Holds where the relative change exceeds ``rise`` or the value fell below ``drop`` times a
+    positive previous value; strict comparisons, so a change of exactly 500 % (or a value of
+    exactly 10 % of the previous) does not fire. A series' first reading is never judged.
+    The score is the absolute relative change. Stateless: the previous value is the table's.
+    """
+
+    name = "spike"
+
+    def __init__(self, config: SpikeConfig | None = None) -> None:
+        self.config = config or SpikeConfig()
+        self.severity: Severity = self.config.severity
+
+    def score(self, frame: Frame, table: SeriesTable) -> Scores:
+        config = self.config
+        previous, _ = table.last(frame.rows)  # NaN for a series' first reading
+        change = (frame.value - previous) / np.maximum(np.abs(previous), config.eps)
+        rate = np.abs(change)
+        holds = (rate > config.rise) | ((previous > 0) & (frame.value < config.drop * previous))
+        size = len(frame)
+        return Scores(
+            holds,
+            rate,
+            {
+                "value": frame.value,
+                "previous": previous,
+                "change": change,
+                "rise_threshold": constant(config.rise, size),
+                "drop_threshold": constant(config.drop, size),
+            },
+        )
+
+    def learn(self, frame: Frame, table: SeriesTable) -> None:
+        """Nothing to learn: the previous value lives in the table."""
+
+
+@dataclass(frozen=True)
+class RobustZConfig:
+    """Parameters of :class:`RobustZDetector`."""
+
+    threshold: float = 3.5
+    """Modified z-score above this is an outlier (Iglewicz and Hoaglin's recommendation)."""
+    min_points: int = 10
+    """Window points needed before judging (must not exceed the engine's window to ever fire)."""
+    severity: Severity = "warning"
+
+
+class RobustZDetector:
+    """Robust z-score of each reading against its series' rolling window (statistical VEE).
+
+    ``z = |v - median| / (1.4826 * MAD)`` over the window before the reading (with a time-based
+    table, only its points within ``horizon_ms`` of the reading); holds where
+    ``z > threshold`` (strict), the window holds at least ``min_points`` points and the MAD is
+    positive (a flat window has no scale: the stuck-value rule covers it). Score: z, NaN where
+    not judged. Stateless: the window is the table's.
+    """
+
+    name = "spike_robust_z"
+
+    def __init__(self, config: RobustZConfig | None = None) -> None:
+        self.config = config or RobustZConfig()
+        self.severity: Severity = self.config.severity
+
+    def score(self, frame: Frame, table: SeriesTable) -> Scores:
+        config = self.config
+        size = len(frame)
+        median = np.full(size, np.nan)
+        mad = np.full(size, np.nan)
+        needed = max(config.min_points, 1)
+        judged = np.flatnonzero(table.count(frame.rows) >= needed)
+        if judged.size and table.horizon_ms is not None:
+            # The table's time window ends at the series' newest point; judge a reading against
+            # the points within the horizon of the reading itself (a gap empties the window).
+            window = table.window_of(frame.rows[judged])
+            recent = window.valid & (window.ts > (frame.ts_ms[judged] - table.horizon_ms)[:, None])
+            values = np.where(recent, window.values, np.nan)
+            enough = recent.sum(axis=1) >= needed
+            judged, values = judged[enough], values[enough]
+        elif judged.size:
+            values = table.window_of(frame.rows[judged]).values
+        if judged.size:
+            centre = row_median(values)
+            median[judged] = centre
+            mad[judged] = row_median(np.abs(values - centre[:, None]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(mad > 0, np.abs(frame.value - median) / (MAD_SCALE * mad), np.nan)
+        return Scores(
+            z > config.threshold,
+            z,
+            {
+                "value": frame.value,
+                "median": median,
+                "mad": mad,
+                "z": z,
+                "threshold": constant(config.threshold, size),
+            },
+        )
+
+    def learn(self, frame: Frame, table: SeriesTable) -> None:
+        """Nothing to learn: the window lives in the table."""

@@ -1,0 +1,175 @@
+"""Spike rules: exact episodes of the rate-of-change/drop check and the robust z-score."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from cloud_consumer.detect.engine import Engine
+from cloud_consumer.detect.episodes import Alert
+from cloud_consumer.detect.rules.spike import (
+    MAD_SCALE,
+    RobustZConfig,
+    RobustZDetector,
+    SpikeConfig,
+    SpikeDetector,
+)
+from cloud_consumer.replay_input import ReadingColumns
+from meterlink_wire.vocab import Channel, Unit
+
+POWER = int(Channel.POWER)
+Reading = tuple[str, int, float]  # meter, ts_ms, value
+
+
+def columns(readings: Sequence[Reading]) -> ReadingColumns:
+    ids = tuple(dict.fromkeys(r[0] for r in readings))
+    n = len(readings)
+    return ReadingColumns(
+        meter_ids=ids,
+        meter=np.array([ids.index(r[0]) for r in readings], dtype=np.int32),
+        channel=np.full(n, POWER, dtype=np.uint8),
+        unit=np.full(n, int(Unit.KW), dtype=np.uint8),
+        ts_ms=np.array([r[1] for r in readings], dtype=np.int64),
+        value=np.array([r[2] for r in readings], dtype=np.float64),
+    )
+
+
+def series(meter: str, values: Sequence[float], step: int = 1000) -> list[Reading]:
+    return [(meter, step * i, v) for i, v in enumerate(values)]
+
+
+def spike_evidence(value: float, previous: float) -> dict[str, float]:
+    return {
+        "value": value,
+        "previous": previous,
+        "change": (value - previous) / abs(previous),
+        "rise_threshold": 5.0,
+        "drop_threshold": 0.1,
+    }
+
+
+def spike(meter: str, opened: int, resolved: int | None, value: float, prev: float) -> Alert:
+    return Alert(meter, POWER, "spike", "warning", opened, resolved, spike_evidence(value, prev))
+
+
+# 1 (first: not judged), 1, 6 (exactly +500 %: no), 1, 7 (+600 %: opens), 10 (+43 %: resolves),
+# 1 (exactly -90 %: no), 10 (+900 %: opens), 0.99 (-90.1 %: drop, still open), 0.99 (resolves)
+SPIKE_VALUES = [1.0, 1.0, 6.0, 1.0, 7.0, 10.0, 1.0, 10.0, 0.99, 0.99]
+SPIKE_EXPECTED = [
+    spike("m1", 4000, None, 7.0, 1.0),
+    spike("m1", 4000, 5000, 7.0, 1.0),
+    spike("m1", 7000, None, 10.0, 1.0),
+    spike("m1", 7000, 9000, 10.0, 1.0),
+]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 100])
+def test_spike_and_drop_exact_episodes(batch: int) -> None:
+    engine = Engine([SpikeDetector()])
+    readings = series("m1", SPIKE_VALUES)
+    alerts: list[Alert] = []
+    for start in range(0, len(readings), batch):
+        alerts += engine.process(columns(readings[start : start + batch]))
+    assert alerts == SPIKE_EXPECTED
+    assert engine.open_alerts() == []
+
+
+def test_first_reading_of_a_meter_is_not_judged_and_zero_previous_is_a_spike() -> None:
+    engine = Engine([SpikeDetector()])
+    assert engine.process(columns([("new", 0, 1e6)])) == []
+    assert engine.process(columns([("zero", 1, 0.0), ("zero", 2, 0.5)])) == [
+        Alert(
+            "zero",
+            POWER,
+            "spike",
+            "warning",
+            2,
+            None,
+            {
+                "value": 0.5,
+                "previous": 0.0,
+                "change": 0.5 / 1e-9,
+                "rise_threshold": 5.0,
+                "drop_threshold": 0.1,
+            },
+        )
+    ]
+
+
+def test_several_meters_out_of_order_in_one_batch() -> None:
+    readings = series("m1", SPIKE_VALUES) + series("m2", [5.0, 5.0, 40.0, 5.0])
+    shuffled = [readings[i] for i in np.random.default_rng(5).permutation(len(readings))]
+    alerts = Engine([SpikeDetector()]).process(columns(shuffled))
+    expected = [*SPIKE_EXPECTED, spike("m2", 2000, None, 40.0, 5.0)]
+    expected += [spike("m2", 2000, 3000, 40.0, 5.0)]
+    key = lambda a: (a.opened_ms if a.resolved_ms is None else a.resolved_ms, a.meter_id)  # noqa: E731
+    assert alerts == sorted(expected, key=key)
+
+
+def test_nan_is_rejected_before_any_state_changes() -> None:
+    engine = Engine([SpikeDetector(), RobustZDetector()])
+    engine.process(columns(series("m1", [1.0, 2.0])))
+    before = engine.snapshot()
+    with pytest.raises(ValueError, match="finite"):
+        engine.process(columns([("m1", 5000, 3.0), ("m2", 5000, float("nan"))]))
+    assert engine.snapshot() == before
+
+
+def test_spike_config_thresholds() -> None:
+    engine = Engine([SpikeDetector(SpikeConfig(rise=1.0, drop=0.5, severity="info"))])
+    alerts = engine.process(columns(series("m", [1.0, 2.5, 2.5, 1.0])))
+    assert [(a.opened_ms, a.resolved_ms, a.severity) for a in alerts] == [
+        (1000, None, "info"),
+        (1000, 2000, "info"),
+        (3000, None, "info"),
+    ]
+
+
+# A window with median 10 and MAD 1: |deviations| are 1,1,1,0,0,0,1,1,1.
+BASE = [9.0, 10.0, 11.0, 9.0, 10.0, 11.0, 9.0, 10.0, 11.0]
+
+
+def robust(threshold: float = 3.5, min_points: int = 9) -> Engine:
+    return Engine([RobustZDetector(RobustZConfig(threshold, min_points))], window=16)
+
+
+def test_robust_z_exact_episode_and_evidence() -> None:
+    engine = robust()
+    alerts = engine.process(columns(series("m", [*BASE, 20.0, 10.0])))
+    z = 10.0 / MAD_SCALE
+    evidence = {"value": 20.0, "median": 10.0, "mad": 1.0, "z": z, "threshold": 3.5}
+    assert alerts == [
+        Alert("m", POWER, "spike_robust_z", "warning", 9000, None, evidence),
+        Alert("m", POWER, "spike_robust_z", "warning", 9000, 10000, evidence),
+    ]
+
+
+def test_robust_z_exactly_at_threshold_does_not_fire() -> None:
+    value = 15.2
+    z = abs(value - 10.0) / (MAD_SCALE * 1.0)  # the detector's own arithmetic
+    assert robust(threshold=z).process(columns(series("m", [*BASE, value]))) == []
+    below = float(np.nextafter(z, 0.0))
+    fired = robust(threshold=below).process(columns(series("m", [*BASE, value])))
+    assert [a.opened_ms for a in fired] == [9000]
+
+
+def test_robust_z_waits_for_min_points_and_needs_a_positive_mad() -> None:
+    # 8 points (< min_points 9): an outlier is not judged; one more point and it is.
+    assert robust().process(columns(series("m", [*BASE[:8], 50.0]))) == []
+    later = robust().process(columns(series("m", [*BASE, 50.0])))
+    assert [a.opened_ms for a in later] == [9000]
+    # A flat window has MAD 0: no scale, no verdict (the stuck-value rule's business).
+    assert robust().process(columns(series("m", [5.0] * 12 + [500.0]))) == []
+
+
+def test_robust_z_uses_a_time_based_window() -> None:
+    engine = Engine([RobustZDetector(RobustZConfig(min_points=9))], window=32, horizon_ms=20_000)
+    # 9 points 1 s apart, then a 60 s gap: the window has emptied, so 50.0 is not judged.
+    readings = [*series("m", BASE), ("m", 70_000, 50.0)]
+    assert engine.process(columns(readings)) == []
+    # Within the horizon the same window judges the outlier.
+    near = Engine([RobustZDetector(RobustZConfig(min_points=9))], window=32, horizon_ms=20_000)
+    alerts = near.process(columns([*series("m", BASE), ("m", 9000, 50.0)]))
+    assert [a.opened_ms for a in alerts] == [9000]
