@@ -42,6 +42,10 @@ def agent_config(
     return stack.agent_config(st.paths, gateway_id, folder=root, settings=settings)
 
 
+#: Every agent a test started, so a failing test cannot leave one running (see conftest).
+STARTED: list[AgentProcess] = []
+
+
 @dataclass
 class AgentProcess:
     """An `edge-agent` subprocess with its log file."""
@@ -60,6 +64,7 @@ class AgentProcess:
 
     def start(self, timeout: float = 20.0) -> None:
         self.socket_path.unlink(missing_ok=True)
+        STARTED.append(self)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "edge_agent", "--config", str(self.config)],
