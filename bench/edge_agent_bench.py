@@ -213,7 +213,8 @@ def bench_agent_process(
         )
         os.sched_setaffinity(agent.pid, {0})
         sock_path = Path(tmp) / "readings.sock"
-        while not sock_path.exists():
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        while sock.connect_ex(str(sock_path)) != 0:  # the file appears at bind(), before listen()
             time.sleep(0.05)
         now = time.time()
         ticks = n // METERS
@@ -231,8 +232,6 @@ def bench_agent_process(
             for i in range(n)
         )
         start = time.perf_counter()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(str(sock_path))
         threading.Thread(target=_discard_replies, args=(sock,), daemon=True).start()
         sock.sendall(payload)
         while _scrape(port).get("meterlink_agent_readings_delivered_total", 0) < n:

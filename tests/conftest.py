@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -57,8 +58,9 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def local_stack() -> Iterator[LocalStack]:
+@contextlib.contextmanager
+def running_stack() -> Iterator[LocalStack]:
+    """A whole local stack on free ports in a temporary folder, stopped on exit."""
     with searchable_tmpdir() as root:
         paths = stack_paths(root)
         info = stack.up(paths, mqtt_port=0, aws_port=0)
@@ -66,18 +68,19 @@ def local_stack() -> Iterator[LocalStack]:
             yield LocalStack(paths, info)
         finally:
             stack.down(paths)
+
+
+@pytest.fixture(scope="session")
+def local_stack() -> Iterator[LocalStack]:
+    with running_stack() as st:
+        yield st
 
 
 @pytest.fixture(scope="module")
 def private_stack() -> Iterator[LocalStack]:
     """A stack of the test module's own, for tests that stop and start its broker."""
-    with searchable_tmpdir() as root:
-        paths = stack_paths(root)
-        info = stack.up(paths, mqtt_port=0, aws_port=0)
-        try:
-            yield LocalStack(paths, info)
-        finally:
-            stack.down(paths)
+    with running_stack() as st:
+        yield st
 
 
 @pytest.fixture

@@ -128,19 +128,23 @@ class UnixSocketSource:
         self._intake = intake
         _remove_stale(self.path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Bound under a temporary name and renamed once listening, so the path appears only
+        # when clients can connect (and with the right mode from the first client on).
+        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        staging.unlink(missing_ok=True)
         bound = False
         try:
-            listener.bind(str(self.path))
+            listener.bind(str(staging))
             bound = True
-            # Nobody can connect before listen(), so the mode is right before the first client.
-            os.chmod(self.path, self._mode)
+            os.chmod(staging, self._mode)
             listener.listen(socket.SOMAXCONN)
             listener.setblocking(False)
+            os.rename(staging, self.path)
             st = os.stat(self.path)
         except BaseException:
             listener.close()
             if bound:
-                self.path.unlink(missing_ok=True)
+                staging.unlink(missing_ok=True)
             raise
         self._inode = (st.st_dev, st.st_ino)
         self._listener = listener

