@@ -206,8 +206,7 @@ class Agent:
         return any(isinstance(s, StdinSource) and s.done.is_set() for s in self.sources)
 
     def _mtimes(self) -> tuple[float, float]:
-        files = (self.config.publish.cert_file, self.config.publish.key_file)
-        return tuple(_mtime(f) for f in files)  # type: ignore[return-value]
+        return _mtime(self.config.publish.cert_file), _mtime(self.config.publish.key_file)
 
     def _maybe_rotate(self) -> None:
         now = time.monotonic()

@@ -429,6 +429,16 @@ class DurableBuffer:
         """Aggregation watermark: every window ending at or before it is closed (persisted)."""
         return self._totals.closed_until_ms
 
+    @property
+    def dropped_readings(self) -> int:
+        """Readings dropped by the full policy so far (persisted; read from memory, no I/O)."""
+        return self._totals.dropped_readings
+
+    @property
+    def used_bytes(self) -> int:
+        """Outbox payload plus journal bytes: what `max_bytes` bounds (from memory, no I/O)."""
+        return self._totals.used_bytes
+
     # -- the pipeline thread's side --------------------------------------------------------------
 
     def journal(self, readings: Sequence[Reading]) -> int:

@@ -40,7 +40,6 @@ _MAX_GROUP = 20_000
 @dataclass(frozen=True)
 class _Intake:
     readings: Sequence[Reading]
-    source: str
     on_durable: Callable[[], None] | None
 
 
@@ -68,7 +67,7 @@ class Pipeline:
         self._metrics = metrics
         self._max_message_bytes = max_message_bytes
         self._buffer_max_bytes = buffer_max_bytes
-        self._buffer_dropped = buffer.stats().dropped_readings
+        self._buffer_dropped = buffer.dropped_readings
         self._compress = compress
         self._clock = clock
         self._queue: queue.Queue[_Intake] = queue.Queue(maxsize=max_queued)
@@ -76,7 +75,6 @@ class Pipeline:
         self._accepting.set()
         self._refusing = False
         self.late = 0
-        self.refused = 0
 
     # -- Intake (called from source threads) ------------------------------------------------
 
@@ -98,7 +96,7 @@ class Pipeline:
             return False
         if readings or on_durable is not None:
             try:
-                self._queue.put_nowait(_Intake(readings, source, on_durable))
+                self._queue.put_nowait(_Intake(readings, on_durable))
             except queue.Full:
                 # Backpressure without blocking the source's thread: it keeps the batch
                 # (MQTT unacked, socket `busy`) and offers it again.
@@ -124,8 +122,7 @@ class Pipeline:
     def step(self, timeout_s: float = _TICK_S) -> int:
         """Ingest what has arrived (waiting up to `timeout_s`), then close due windows."""
         if self._refusing:
-            stats = self._buffer.stats()
-            self._refusing = stats.payload_bytes + stats.journal_bytes >= self._buffer_max_bytes
+            self._refusing = self._buffer.used_bytes >= self._buffer_max_bytes
         items = self._drain(timeout_s)
         ingested = self._ingest(items) if items else 0
         self._close(self._aggregator.close_due(int(self._clock() * 1000)))
@@ -210,11 +207,9 @@ class Pipeline:
                 refused = len(readings) - accepted
                 self._refusing = refused > 0
                 if refused:
-                    self.refused += refused
                     self._metrics.readings_dropped.labels(policy="buffer_full_newest").inc(refused)
                 self._export_buffer_drops()
                 return accepted
-        self.refused += len(readings)
         self._metrics.readings_dropped.labels(policy="buffer_error").inc(len(readings))
         return 0
 
@@ -260,7 +255,7 @@ class Pipeline:
 
     def _export_buffer_drops(self) -> None:
         """Mirror the buffer's persisted drop counter into the metric (it drops by policy)."""
-        dropped = self._buffer.stats().dropped_readings
+        dropped = self._buffer.dropped_readings
         if dropped > self._buffer_dropped:
             self._metrics.readings_dropped.labels(policy="buffer_full").inc(
                 dropped - self._buffer_dropped
