@@ -185,8 +185,7 @@ def _stack_down(args: argparse.Namespace) -> int:
 
 
 def _stack_agent_config(args: argparse.Namespace) -> int:
-    if args.gateway_id.startswith("meterlink-"):
-        raise pki.PkiError(f"{args.gateway_id}: names starting with 'meterlink-' are reserved")
+    _refuse_reserved(args.gateway_id)
     path = stack.agent_config(_paths(args), args.gateway_id)
     print(path)
     return 0
@@ -202,6 +201,15 @@ def _stack_status(args: argparse.Namespace) -> int:
     return 0 if all(p.healthy for p in parts) else 1
 
 
+def _refuse_reserved(gateway_id: str) -> None:
+    """Gateway ids under `meterlink-` would share an identity with a service (the bridge)."""
+    if gateway_id.startswith("meterlink-"):
+        raise pki.PkiError(
+            f"{gateway_id}: names starting with 'meterlink-' are reserved "
+            "for MeterLink's own services"
+        )
+
+
 def _certs_init(args: argparse.Namespace) -> int:
     layout = pki.init_pki(args.pki_dir)
     print(f"meterlink certs: dev CA ready in {layout.root} (ca.crt, server.crt, ca.crl)")
@@ -209,11 +217,7 @@ def _certs_init(args: argparse.Namespace) -> int:
 
 
 def _certs_issue(args: argparse.Namespace) -> int:
-    if args.gateway_id.startswith("meterlink-"):
-        raise pki.PkiError(
-            f"{args.gateway_id}: names starting with 'meterlink-' are reserved "
-            "for MeterLink's own services"
-        )
+    _refuse_reserved(args.gateway_id)
     pki.init_pki(args.pki_dir)
     cert, key = pki.issue_client(args.pki_dir, args.gateway_id, days=args.days)
     print(f"meterlink certs: issued {args.gateway_id}\n  cert {cert}\n  key  {key} (0600)")
