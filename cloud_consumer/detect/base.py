@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -72,6 +72,15 @@ class Scores:
     holds: BoolArray
     score: FloatArray
     evidence: Mapping[str, FloatArray]
+    since_ms: IntArray | None = None
+    """For retrospective rules (gaps): where ``holds``, the episode spans ``[since_ms, ts]`` and is
+    complete at the reading (the engine emits it opened and resolved at once)."""
+
+
+RuleKind = Literal["rate_of_change", "fault", "data"]
+"""What a rule's firing says about the reading, for the quality score: a rate-of-change flag
+(-20), a fault (-30), or something about the data stream itself, such as a gap (no penalty on
+the reading; interpolated readings carry their own)."""
 
 
 @runtime_checkable
@@ -79,11 +88,13 @@ class Detector(Protocol):
     """A named rule with two verbs: score readings, then learn from them.
 
     ``name`` is the rule name carried by alerts and episode ids; ``severity`` the severity of its
-    alerts. Parameters live in a frozen config dataclass given to the constructor.
+    alerts; ``kind`` what a firing costs the reading's quality score. Parameters live in a frozen
+    config dataclass given to the constructor.
     """
 
     name: str
     severity: Severity
+    kind: RuleKind
 
     def score(self, frame: Frame, table: SeriesTable) -> Scores:
         """Judge each reading against the table as it was before the frame (no state change)."""
@@ -107,48 +118,97 @@ class StatefulDetector(Detector, Protocol):
         ...
 
 
-class RowCounts:
-    """An int64 counter per table row (zero for rows never set), growing with the table.
+class RowValues:
+    """One value per table row (``fill`` for rows never set), growing with the table.
 
-    The per-series state of run-length rules (consecutive readings over a limit, ...), kept as one
-    numpy array indexed by table row so a frame reads and writes it with fancy indexing.
+    The per-series state of a rule (a run's start time, its value, a counter...), kept as one
+    numpy array indexed by table row so a frame reads and writes it with fancy indexing. Rows
+    past the last one set are implicitly ``fill``, so tables of any size cost nothing until used.
     """
 
-    def __init__(self) -> None:
-        self._data = np.zeros(0, dtype=np.int64)
+    def __init__(self, dtype: type[np.generic] | str, fill: float | int = 0) -> None:
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind not in "fiub" or self.dtype.itemsize > 8:
+            raise ValueError(f"RowValues holds numbers, not {self.dtype}")
+        self.fill = fill
+        self._data: npt.NDArray[Any] = np.full(0, fill, dtype=self.dtype)
 
     def _grow(self, needed: int) -> None:
         if needed > self._data.size:
-            data = np.zeros(max(needed, 2 * self._data.size, 1024), dtype=np.int64)
+            data = np.full(max(needed, 2 * self._data.size, 1024), self.fill, dtype=self.dtype)
             data[: self._data.size] = self._data
             self._data = data
 
-    def get(self, rows: IntArray) -> IntArray:
-        """Counter of each row."""
+    def get(self, rows: IntArray) -> npt.NDArray[Any]:
+        """Value of each row."""
         self._grow(int(rows.max(initial=-1)) + 1)
         return self._data[rows]
 
-    def set(self, rows: IntArray, counts: IntArray) -> None:
-        """Set the counter of each row (rows distinct)."""
+    def set(self, rows: IntArray, values: npt.ArrayLike) -> None:
+        """Set the value of each row (rows distinct: the engine's frames guarantee it)."""
         self._grow(int(rows.max(initial=-1)) + 1)
-        self._data[rows] = counts
+        self._data[rows] = values
 
     def snapshot(self) -> bytes:
-        """Counters up to the last non-zero one, little-endian int64."""
-        used = np.flatnonzero(self._data)
+        """Values up to the last row not equal to ``fill``, little-endian."""
+        used = np.flatnonzero(self._data != self.dtype.type(self.fill))
         size = int(used[-1]) + 1 if used.size else 0
-        return self._data[:size].astype("<i8").tobytes()
+        return self._data[:size].astype(self.dtype.newbyteorder("<")).tobytes()
+
+    def restore(self, data: bytes) -> None:
+        """Load :meth:`snapshot` bytes (SnapshotError if the length is not whole values)."""
+        if len(data) % self.dtype.itemsize:
+            raise SnapshotError(
+                f"row values: length {len(data)} is not a multiple of {self.dtype.itemsize}"
+            )
+        values = np.frombuffer(data, dtype=self.dtype.newbyteorder("<")).astype(self.dtype)
+        self._data = np.full(0, self.fill, dtype=self.dtype)
+        self._grow(values.size)
+        self._data[: values.size] = values
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes allocated."""
+        return int(self._data.nbytes)
+
+
+class RowCounts(RowValues):
+    """A non-negative int64 counter per table row (zero for rows never set)."""
+
+    def __init__(self) -> None:
+        super().__init__(np.int64, 0)
 
     def restore(self, data: bytes) -> None:
         """Load :meth:`snapshot` bytes (SnapshotError if the length or a counter is bad)."""
-        if len(data) % 8:
-            raise SnapshotError(f"row counters: length {len(data)} is not a multiple of 8")
-        counts = np.frombuffer(data, dtype="<i8").astype(np.int64)
-        if counts.size and counts.min() < 0:
+        counts = RowValues(np.int64, 0)
+        counts.restore(data)
+        if counts._data.size and counts._data.min() < 0:
             raise SnapshotError("row counters: negative counter")
-        self._data = np.zeros(0, dtype=np.int64)
-        self._grow(counts.size)
-        self._data[: counts.size] = counts
+        self._data = counts._data
+
+
+def pack_sections(*sections: bytes) -> bytes:
+    """Several byte strings as one: each prefixed with its u64 little-endian length."""
+    return b"".join(len(s).to_bytes(8, "little") + s for s in sections)
+
+
+def unpack_sections(data: bytes, count: int) -> list[bytes]:
+    """Split :func:`pack_sections` bytes back into exactly ``count`` sections (SnapshotError)."""
+    raw = bytes(data)
+    sections: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 8 > len(raw):
+            raise SnapshotError("truncated section length")
+        size = int.from_bytes(raw[offset : offset + 8], "little")
+        offset += 8
+        if offset + size > len(raw):
+            raise SnapshotError("truncated section")
+        sections.append(raw[offset : offset + size])
+        offset += size
+    if len(sections) != count:
+        raise SnapshotError(f"{len(sections)} state sections where {count} were due")
+    return sections
 
 
 def constant(value: float, size: int) -> FloatArray:

@@ -22,9 +22,10 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from cloud_consumer.detect.base import Detector, Frame, Scores, StatefulDetector
@@ -65,6 +66,17 @@ class _Collected:
             if column is None:
                 column = self.evidence[name] = np.full(self.size, np.nan)
             column[index] = values
+
+
+class Detection(NamedTuple):
+    """What :meth:`Engine.process` found in one batch.
+
+    ``alerts`` are the episodes opened and resolved, in event order; ``quality`` is the 0-100
+    score of each input reading, in input order (see :mod:`cloud_consumer.detect.quality`).
+    """
+
+    alerts: list[Alert]
+    quality: npt.NDArray[np.uint8]
 
 
 def _alert_order(alert: Alert) -> tuple[int, str, int, str, bool]:
@@ -109,7 +121,7 @@ class Engine:
         self.table = SeriesTable(window, horizon_ms=horizon_ms)
         self.trackers = [EpisodeTracker(d.name, d.severity) for d in self.detectors]
 
-    def process(self, columns: ReadingColumns) -> list[Alert]:
+    def process(self, columns: ReadingColumns) -> Detection:
         """Score a batch, update state, return the alerts it opened and resolved (event order).
 
         An episode that opens and resolves within the batch appears twice (open, then resolved,
@@ -118,7 +130,7 @@ class Engine:
         """
         n = len(columns)
         if not n:
-            return []
+            return Detection([], np.zeros(0, dtype=np.uint8))
         value = np.asarray(columns.value, dtype=np.float64)
         if not np.isfinite(value).all():
             raise ValueError("values must be finite")
@@ -150,7 +162,8 @@ class Engine:
             alerts += changes.opened
             alerts += changes.resolved
         alerts.sort(key=_alert_order)
-        return alerts
+        quality = np.full(n, 100, dtype=np.uint8)
+        return Detection(alerts, quality)
 
     def open_alerts(self) -> list[Alert]:
         """Every currently open episode of every detector."""

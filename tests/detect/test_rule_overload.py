@@ -57,16 +57,18 @@ def test_exact_episode_whatever_the_batching(batch: int) -> None:
     readings = series("m1", VALUES)
     alerts: list[Alert] = []
     for start in range(0, len(readings), batch):
-        alerts += engine.process(columns(readings[start : start + batch]))
+        alerts += engine.process(columns(readings[start : start + batch])).alerts
     assert alerts == [overload("m1", 11000, None), overload("m1", 11000, 13000)]
 
 
 def test_first_readings_of_a_meter_and_episode_stays_open() -> None:
     engine = Engine([OverloadDetector()])
-    assert engine.process(columns(series("new", [30.0] * 5))) == []
-    opened = engine.process(columns(series("new", [30.0] * 3, start=5)))
+    assert engine.process(columns(series("new", [30.0] * 5))).alerts == []
+    opened = engine.process(columns(series("new", [30.0] * 3, start=5))).alerts
     assert opened == [overload("new", 5000, None, 30.0)]
-    assert engine.process(columns(series("new", [30.0] * 3, start=8))) == []  # one per episode
+    assert (
+        engine.process(columns(series("new", [30.0] * 3, start=8))).alerts == []
+    )  # one per episode
     assert engine.open_alerts() == opened
 
 
@@ -75,14 +77,14 @@ def test_units_and_channels() -> None:
     watts = series("w", [25_000.0] * 6, unit=int(Unit.W))  # 25 kW
     small = series("s", [19_000.0] * 6, unit=int(Unit.W))  # 19 kW
     volts = series("v", [240.0] * 6, channel=int(Channel.VOLTAGE), unit=int(Unit.V))
-    alerts = engine.process(columns(watts + small + volts))
+    alerts = engine.process(columns(watts + small + volts)).alerts
     assert alerts == [overload("w", 5000, None)]
 
 
 def test_several_meters_out_of_order_in_one_batch() -> None:
     readings = series("a", VALUES) + series("b", [21.0] * 6 + [3.0])
     shuffled = [readings[i] for i in np.random.default_rng(11).permutation(len(readings))]
-    alerts = Engine([OverloadDetector()]).process(columns(shuffled))
+    alerts = Engine([OverloadDetector()]).process(columns(shuffled)).alerts
     assert alerts == [
         overload("b", 5000, None, 21.0),
         overload("b", 5000, 6000, 21.0),
@@ -95,7 +97,9 @@ def test_run_survives_snapshot_restore() -> None:
     engine = Engine([OverloadDetector()])
     engine.process(columns(series("m", [25.0] * 5)))
     restored = Engine.restore(engine.snapshot(), [OverloadDetector()])
-    assert restored.process(columns(series("m", [25.0], start=5))) == [overload("m", 5000, None)]
+    assert restored.process(columns(series("m", [25.0], start=5))).alerts == [
+        overload("m", 5000, None)
+    ]
     with pytest.raises(SnapshotError):
         OverloadDetector().restore(b"\x01\x02\x03")
     with pytest.raises(SnapshotError):
@@ -114,7 +118,7 @@ def test_nan_is_rejected_before_any_state_changes() -> None:
 
 def test_config() -> None:
     detector = OverloadDetector(OverloadConfig(limit_kw=5.0, min_run=2, severity="warning"))
-    alerts = Engine([detector]).process(columns(series("m", [6.0, 6.0, 4.0])))
+    alerts = Engine([detector]).process(columns(series("m", [6.0, 6.0, 4.0]))).alerts
     assert [(a.opened_ms, a.resolved_ms, a.severity) for a in alerts] == [
         (1000, None, "warning"),
         (1000, 2000, "warning"),

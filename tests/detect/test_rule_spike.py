@@ -71,15 +71,15 @@ def test_spike_and_drop_exact_episodes(batch: int) -> None:
     readings = series("m1", SPIKE_VALUES)
     alerts: list[Alert] = []
     for start in range(0, len(readings), batch):
-        alerts += engine.process(columns(readings[start : start + batch]))
+        alerts += engine.process(columns(readings[start : start + batch])).alerts
     assert alerts == SPIKE_EXPECTED
     assert engine.open_alerts() == []
 
 
 def test_first_reading_of_a_meter_is_not_judged_and_zero_previous_is_a_spike() -> None:
     engine = Engine([SpikeDetector()])
-    assert engine.process(columns([("new", 0, 1e6)])) == []
-    assert engine.process(columns([("zero", 1, 0.0), ("zero", 2, 0.5)])) == [
+    assert engine.process(columns([("new", 0, 1e6)])).alerts == []
+    assert engine.process(columns([("zero", 1, 0.0), ("zero", 2, 0.5)])).alerts == [
         Alert(
             "zero",
             POWER,
@@ -101,7 +101,7 @@ def test_first_reading_of_a_meter_is_not_judged_and_zero_previous_is_a_spike() -
 def test_several_meters_out_of_order_in_one_batch() -> None:
     readings = series("m1", SPIKE_VALUES) + series("m2", [5.0, 5.0, 40.0, 5.0])
     shuffled = [readings[i] for i in np.random.default_rng(5).permutation(len(readings))]
-    alerts = Engine([SpikeDetector()]).process(columns(shuffled))
+    alerts = Engine([SpikeDetector()]).process(columns(shuffled)).alerts
     expected = [*SPIKE_EXPECTED, spike("m2", 2000, None, 40.0, 5.0)]
     expected += [spike("m2", 2000, 3000, 40.0, 5.0)]
     key = lambda a: (a.opened_ms if a.resolved_ms is None else a.resolved_ms, a.meter_id)  # noqa: E731
@@ -119,7 +119,7 @@ def test_nan_is_rejected_before_any_state_changes() -> None:
 
 def test_spike_config_thresholds() -> None:
     engine = Engine([SpikeDetector(SpikeConfig(rise=1.0, drop=0.5, severity="info"))])
-    alerts = engine.process(columns(series("m", [1.0, 2.5, 2.5, 1.0])))
+    alerts = engine.process(columns(series("m", [1.0, 2.5, 2.5, 1.0]))).alerts
     assert [(a.opened_ms, a.resolved_ms, a.severity) for a in alerts] == [
         (1000, None, "info"),
         (1000, 2000, "info"),
@@ -137,7 +137,7 @@ def robust(threshold: float = 3.5, min_points: int = 9) -> Engine:
 
 def test_robust_z_exact_episode_and_evidence() -> None:
     engine = robust()
-    alerts = engine.process(columns(series("m", [*BASE, 20.0, 10.0])))
+    alerts = engine.process(columns(series("m", [*BASE, 20.0, 10.0]))).alerts
     z = 10.0 / MAD_SCALE
     evidence = {"value": 20.0, "median": 10.0, "mad": 1.0, "z": z, "threshold": 3.5}
     assert alerts == [
@@ -149,27 +149,27 @@ def test_robust_z_exact_episode_and_evidence() -> None:
 def test_robust_z_exactly_at_threshold_does_not_fire() -> None:
     value = 15.2
     z = abs(value - 10.0) / (MAD_SCALE * 1.0)  # the detector's own arithmetic
-    assert robust(threshold=z).process(columns(series("m", [*BASE, value]))) == []
+    assert robust(threshold=z).process(columns(series("m", [*BASE, value]))).alerts == []
     below = float(np.nextafter(z, 0.0))
-    fired = robust(threshold=below).process(columns(series("m", [*BASE, value])))
+    fired = robust(threshold=below).process(columns(series("m", [*BASE, value]))).alerts
     assert [a.opened_ms for a in fired] == [9000]
 
 
 def test_robust_z_waits_for_min_points_and_needs_a_positive_mad() -> None:
     # 8 points (< min_points 9): an outlier is not judged; one more point and it is.
-    assert robust().process(columns(series("m", [*BASE[:8], 50.0]))) == []
-    later = robust().process(columns(series("m", [*BASE, 50.0])))
+    assert robust().process(columns(series("m", [*BASE[:8], 50.0]))).alerts == []
+    later = robust().process(columns(series("m", [*BASE, 50.0]))).alerts
     assert [a.opened_ms for a in later] == [9000]
     # A flat window has MAD 0: no scale, no verdict (the stuck-value rule's business).
-    assert robust().process(columns(series("m", [5.0] * 12 + [500.0]))) == []
+    assert robust().process(columns(series("m", [5.0] * 12 + [500.0]))).alerts == []
 
 
 def test_robust_z_uses_a_time_based_window() -> None:
     engine = Engine([RobustZDetector(RobustZConfig(min_points=9))], window=32, horizon_ms=20_000)
     # 9 points 1 s apart, then a 60 s gap: the window has emptied, so 50.0 is not judged.
     readings = [*series("m", BASE), ("m", 70_000, 50.0)]
-    assert engine.process(columns(readings)) == []
+    assert engine.process(columns(readings)).alerts == []
     # Within the horizon the same window judges the outlier.
     near = Engine([RobustZDetector(RobustZConfig(min_points=9))], window=32, horizon_ms=20_000)
-    alerts = near.process(columns([*series("m", BASE), ("m", 9000, 50.0)]))
+    alerts = near.process(columns([*series("m", BASE), ("m", 9000, 50.0)])).alerts
     assert [a.opened_ms for a in alerts] == [9000]

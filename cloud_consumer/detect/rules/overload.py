@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cloud_consumer.detect.base import Frame, RowCounts, Scores, constant
+from cloud_consumer.detect.base import Frame, RowCounts, RuleKind, Scores, constant
 from cloud_consumer.detect.episodes import Severity
 from cloud_consumer.detect.state import FloatArray, IntArray, SeriesTable
 from meterlink_wire.vocab import Channel, Unit
@@ -44,6 +44,7 @@ class OverloadDetector:
     """
 
     name = "overload"
+    kind: RuleKind = "fault"
 
     def __init__(self, config: OverloadConfig | None = None) -> None:
         self.config = config or OverloadConfig()

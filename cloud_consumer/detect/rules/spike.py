@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cloud_consumer.detect.base import Frame, Scores, constant
+from cloud_consumer.detect.base import Frame, RuleKind, Scores, constant
 from cloud_consumer.detect.episodes import Severity
 from cloud_consumer.detect.state import FloatArray, SeriesTable
 
@@ -59,6 +59,7 @@ class SpikeDetector:
     """
 
     name = "spike"
+    kind: RuleKind = "rate_of_change"
 
     def __init__(self, config: SpikeConfig | None = None) -> None:
         self.config = config or SpikeConfig()
@@ -109,6 +110,7 @@ class RobustZDetector:
     """
 
     name = "spike_robust_z"
+    kind: RuleKind = "rate_of_change"
 
     def __init__(self, config: RobustZConfig | None = None) -> None:
         self.config = config or RobustZConfig()

@@ -1,0 +1,31 @@
+"""Planted-fault series for the conformance suite, one module per rule family.
+
+Each module in this package defines ``PLANTS``: rule name -> a function of a seeded
+``numpy.random.Generator`` returning whole series (lists of readings in time order) in which that
+rule fires and clears at least once. The conformance suite interleaves them with its base stream,
+so a rule whose condition needs hours or days of data (stuck value, leaks...) still fires there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+
+import numpy as np
+
+Reading = tuple[str, int, int, int, float]
+"""meter, channel code, unit code, ts_ms, value"""
+Plant = Callable[[np.random.Generator], list[list[Reading]]]
+
+
+def all_plants() -> dict[str, Plant]:
+    """Every module's ``PLANTS``, merged (rule names are unique across modules)."""
+    found: dict[str, Plant] = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for rule, plant in getattr(module, "PLANTS", {}).items():
+            if rule in found:
+                raise ValueError(f"rule {rule!r} planted twice")
+            found[rule] = plant
+    return found
