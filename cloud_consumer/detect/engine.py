@@ -28,8 +28,11 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from cloud_consumer.detect import quality
 from cloud_consumer.detect.base import Detector, Frame, Scores, StatefulDetector
 from cloud_consumer.detect.episodes import Alert, EpisodeTracker
+from cloud_consumer.detect.quality import QualityArray
+from cloud_consumer.detect.rules.gaps import Estimates, Interpolator
 from cloud_consumer.detect.state import (
     BoolArray,
     FloatArray,
@@ -37,6 +40,13 @@ from cloud_consumer.detect.state import (
     SeriesTable,
     SnapshotError,
     series_order,
+)
+from cloud_consumer.detect.validate import (
+    CANONICAL_UNIT,
+    REJECTIONS,
+    Flag,
+    FlagArray,
+    Validator,
 )
 from cloud_consumer.replay_input import ReadingColumns
 
@@ -57,6 +67,7 @@ class _Collected:
         self.holds: BoolArray = np.zeros(size, dtype=np.bool_)
         self.score: FloatArray = np.full(size, np.nan)
         self.evidence: dict[str, FloatArray] = {}
+        self.since: IntArray | None = None
 
     def put(self, index: IntArray, scores: Scores) -> None:
         self.holds[index] = scores.holds
@@ -66,17 +77,33 @@ class _Collected:
             if column is None:
                 column = self.evidence[name] = np.full(self.size, np.nan)
             column[index] = values
+        if scores.since_ms is not None:
+            if self.since is None:
+                self.since = np.full(self.size, -1, dtype=np.int64)
+            self.since[index] = scores.since_ms
 
 
 class Detection(NamedTuple):
-    """What :meth:`Engine.process` found in one batch.
+    """What :meth:`Engine.process` found in one batch; per-reading arrays are in input order.
 
-    ``alerts`` are the episodes opened and resolved, in event order; ``quality`` is the 0-100
-    score of each input reading, in input order (see :mod:`cloud_consumer.detect.quality`).
+    ``alerts``: episodes opened and resolved, in event order. ``quality``: the 0-100 score of
+    each reading (:mod:`cloud_consumer.detect.quality`). ``flags``: validation
+    :class:`~cloud_consumer.detect.validate.Flag` bits. ``value`` and ``unit``: the readings in
+    canonical units (as given where no validator is configured). ``estimates``: readings
+    interpolated into short gaps (rows are table rows: :meth:`Engine.describe` names them).
     """
 
     alerts: list[Alert]
-    quality: npt.NDArray[np.uint8]
+    quality: QualityArray
+    flags: FlagArray
+    value: FloatArray
+    unit: npt.NDArray[np.uint8]
+    estimates: Estimates
+
+    @property
+    def rejected(self) -> int:
+        """Readings kept out of detection by validation."""
+        return int(np.count_nonzero(self.flags & REJECTIONS))
 
 
 def _alert_order(alert: Alert) -> tuple[int, str, int, str, bool]:
@@ -113,57 +140,132 @@ class Engine:
         *,
         window: int = 60,
         horizon_ms: int | None = None,
+        validator: Validator | None = None,
+        interpolator: Interpolator | None = None,
     ) -> None:
         names = [detector.name for detector in detectors]
         if len(set(names)) != len(names):
             raise ValueError(f"detector names must be distinct, got {names}")
         self.detectors: tuple[Detector, ...] = tuple(detectors)
+        self.validator = validator
+        self.interpolator = interpolator
         self.table = SeriesTable(window, horizon_ms=horizon_ms)
         self.trackers = [EpisodeTracker(d.name, d.severity) for d in self.detectors]
+        self._penalised = {
+            kind: np.array([d.kind == kind for d in self.detectors], dtype=np.bool_)
+            for kind in ("rate_of_change", "fault")
+        }
 
-    def process(self, columns: ReadingColumns) -> Detection:
-        """Score a batch, update state, return the alerts it opened and resolved (event order).
+    def process(self, columns: ReadingColumns, now_ms: int | None = None) -> Detection:
+        """Validate and score a batch, update state, say what was found (see :class:`Detection`).
 
-        An episode that opens and resolves within the batch appears twice (open, then resolved,
-        same episode id). Values must be finite (the readers and the wire decoder drop the rest);
-        a non-finite value raises ValueError before any state changes.
+        ``now_ms`` is server time for the validator's timestamp checks (None when replaying a
+        file). Readings rejected by validation -- and always those with a non-finite value or at
+        or before their series' newest reading -- never reach the rules or the windows. An
+        episode that opens and resolves within the batch appears twice (open, then resolved,
+        same episode id); a retrospective one (a gap) appears once, resolved.
         """
         n = len(columns)
-        if not n:
-            return Detection([], np.zeros(0, dtype=np.uint8))
-        value = np.asarray(columns.value, dtype=np.float64)
-        if not np.isfinite(value).all():
-            raise ValueError("values must be finite")
+        meter = np.asarray(columns.meter, dtype=np.int32)
+        channel = np.asarray(columns.channel, dtype=np.uint8)
         ts = np.asarray(columns.ts_ms, dtype=np.int64)
-        rows = self.table.rows_for(columns.meter_ids, columns.channel, columns.meter)
-        order = series_order(rows, ts)
+        flags, value, unit = self._validate(columns, now_ms)
+        keep = np.flatnonzero((flags & REJECTIONS) == 0)
+        if not keep.size:
+            return Detection(
+                [], quality.score(flags, *self._none(n)), flags, value, unit, Estimates.empty()
+            )
+        rows = self.table.rows_for(columns.meter_ids, channel[keep], meter[keep])
+        order = series_order(rows, ts[keep])
+        position, rows = keep[order], rows[order]
+        back = Validator.backdated(rows, ts[position], self.table.last(rows)[1])
+        if back.any():
+            flags[position[back]] |= np.uint16(Flag.BACKDATED)
+            position, rows = position[~back], rows[~back]
         frame = Frame(
-            rows[order],
-            ts[order],
-            value[order],
-            np.asarray(columns.channel, dtype=np.uint8)[order],
-            np.asarray(columns.unit, dtype=np.uint8)[order],
-            np.asarray(columns.meter, dtype=np.int32)[order],
-            columns.meter_ids,
-        )
-        collected = [_Collected(n) for _ in self.detectors]
-        for index in _rounds(frame.rows):
-            step = frame if index.size == n else frame.take(index)
+            rows, ts[position], value[position], channel[position], unit[position],
+            meter[position], columns.meter_ids,
+        )  # fmt: skip
+        size = len(frame)
+        collected = [_Collected(size) for _ in self.detectors]
+        estimates: list[Estimates] = []
+        for index in _rounds(frame.rows) if size else []:
+            step = frame if index.size == size else frame.take(index)
             for detector, found in zip(self.detectors, collected, strict=True):
                 found.put(index, detector.score(step, self.table))
+            if self.interpolator is not None:
+                estimates.append(self.interpolator.fill(step, self.table))
             for detector in self.detectors:
                 detector.learn(step, self.table)
             self.table.update(step.rows, step.ts_ms, step.value)
         alerts: list[Alert] = []
-        for tracker, found in zip(self.trackers, collected, strict=True):
+        for detector, tracker, found in zip(self.detectors, self.trackers, collected, strict=True):
+            if found.since is not None:
+                alerts += self._retrospective(detector, frame, found)
+                continue
             changes = tracker.update(
-                frame.rows, found.holds, frame.ts_ms, self.table, found.evidence
+                frame.rows, found.holds, frame.ts_ms, self.table, found.evidence, ordered=True
             )
             alerts += changes.opened
             alerts += changes.resolved
         alerts.sort(key=_alert_order)
-        quality = np.full(n, 100, dtype=np.uint8)
-        return Detection(alerts, quality)
+        fired = np.zeros((2, n), dtype=np.bool_)
+        for k, kind in enumerate(("rate_of_change", "fault")):
+            for found, penalised in zip(collected, self._penalised[kind], strict=True):
+                if penalised:
+                    fired[k, position] |= found.holds
+        scores = quality.score(flags, fired[0], fired[1])
+        return Detection(alerts, scores, flags, value, unit, Estimates.join(estimates))
+
+    def _validate(
+        self, columns: ReadingColumns, now_ms: int | None
+    ) -> tuple[FlagArray, FloatArray, npt.NDArray[np.uint8]]:
+        """Flags, values and units after validation (only NaN checks without a validator)."""
+        if self.validator is not None:
+            checked = self.validator.check(columns, now_ms)
+            return checked.flags, checked.value, checked.unit
+        value = np.asarray(columns.value, dtype=np.float64)
+        flags = np.where(np.isfinite(value), 0, Flag.NOT_FINITE).astype(np.uint16)
+        return flags, value, np.asarray(columns.unit, dtype=np.uint8)
+
+    @staticmethod
+    def _none(n: int) -> tuple[BoolArray, BoolArray]:
+        return np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.bool_)
+
+    def _retrospective(self, detector: Detector, frame: Frame, found: _Collected) -> list[Alert]:
+        """One resolved alert per reading where a retrospective rule holds (a closed gap)."""
+        where = np.flatnonzero(found.holds)
+        if not where.size or found.since is None:
+            return []
+        keys = self.table.key_of(frame.rows[where])
+        proof = {name: values[where].tolist() for name, values in found.evidence.items()}
+        return [
+            Alert(
+                meter_id,
+                channel,
+                detector.name,
+                detector.severity,
+                int(found.since[i]),
+                int(frame.ts_ms[i]),
+                {name: float(values[k]) for name, values in proof.items()},
+            )
+            for k, (i, (meter_id, channel)) in enumerate(zip(where.tolist(), keys, strict=True))
+        ]
+
+    def describe(self, estimates: Estimates) -> ReadingColumns:
+        """Estimates as ReadingColumns (meter ids and channels from the table; canonical units)."""
+        keys = self.table.key_of(estimates.rows)
+        ids = tuple(dict.fromkeys(meter_id for meter_id, _ in keys))
+        index = {meter_id: i for i, meter_id in enumerate(ids)}
+        channel = np.array([c for _, c in keys], dtype=np.uint8)
+        return ReadingColumns(
+            meter_ids=ids,
+            meter=np.array([index[m] for m, _ in keys], dtype=np.int32),
+            channel=channel,
+            unit=CANONICAL_UNIT[channel],
+            ts_ms=estimates.ts_ms,
+            value=estimates.value,
+        )
 
     def open_alerts(self) -> list[Alert]:
         """Every currently open episode of every detector."""

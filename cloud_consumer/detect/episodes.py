@@ -160,6 +160,8 @@ class EpisodeTracker:
         at_ms: npt.ArrayLike,
         keys: SeriesKeys,
         evidence: Mapping[str, npt.ArrayLike] | None = None,
+        *,
+        ordered: bool = False,
     ) -> EpisodeChanges:
         """Apply one batch of per-reading verdicts; return the episodes it opened and resolved.
 
@@ -167,7 +169,8 @@ class EpisodeTracker:
         parallel; a row may appear several times and readings are taken in ``(row, at_ms)``
         order (ties in arrival order), as :meth:`SeriesTable.update` orders them. ``evidence``
         maps names to per-reading arrays; the values at an opening reading become the alert's
-        evidence.
+        evidence. ``ordered=True`` promises the readings are in that order already (the engine
+        sorts once for all its trackers).
         """
         row = np.asarray(rows).astype(np.int64, copy=False)
         hold = np.asarray(holds).astype(np.bool_, copy=False)
@@ -180,8 +183,9 @@ class EpisodeTracker:
         if row.min() < 0:
             raise ValueError("negative row index")
         self._grow(int(row.max()) + 1)
-        order = series_order(row, at)
-        row, hold, at = row[order], hold[order], at[order]
+        order = np.arange(n) if ordered else series_order(row, at)
+        if not ordered:
+            row, hold, at = row[order], hold[order], at[order]
         first = np.empty(n, dtype=np.bool_)
         first[0] = True
         np.not_equal(row[1:], row[:-1], out=first[1:])
@@ -204,7 +208,7 @@ class EpisodeTracker:
         if not changed.size:
             return EpisodeChanges([], [])
         proof = {
-            name: np.asarray(values, dtype=np.float64)[order][changed]
+            name: np.asarray(values, dtype=np.float64)[order[changed]]
             for name, values in (evidence or {}).items()
         }
         changed_rows = row[changed]

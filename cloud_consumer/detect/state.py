@@ -346,12 +346,16 @@ class SeriesTable:
         """Window standard deviation (see :meth:`variance`)."""
         return np.sqrt(self.variance(rows, ddof))
 
-    def last(self, rows: npt.ArrayLike) -> tuple[FloatArray, IntArray]:
-        """Most recently applied value and timestamp of each row (NaN, -1 if none yet)."""
+    def last(self, rows: npt.ArrayLike, back: int = 0) -> tuple[FloatArray, IntArray]:
+        """Most recently applied value and timestamp of each row (NaN, -1 if none yet).
+
+        ``back`` steps further into the past: 1 gives the reading before the newest (NaN, -1
+        where the row has not seen that many or it has left the ring).
+        """
         index = np.asarray(rows, dtype=np.int64)
         seen = self._seen[index]
-        flat = index * self.window + (seen - 1) % self.window
-        empty = seen == 0
+        flat = index * self.window + (seen - 1 - back) % self.window
+        empty = seen <= back if back < self.window else np.ones(index.size, dtype=np.bool_)
         values = np.where(empty, np.nan, self._values.reshape(-1)[flat])
         ts = np.where(empty, -1, self._ts.reshape(-1)[flat])
         return values, ts

@@ -11,6 +11,7 @@ from cloud_consumer.detect.engine import Engine
 from cloud_consumer.detect.episodes import Alert
 from cloud_consumer.detect.rules.overload import OverloadConfig, OverloadDetector
 from cloud_consumer.detect.state import SnapshotError
+from cloud_consumer.detect.validate import Flag
 from cloud_consumer.replay_input import ReadingColumns
 from meterlink_wire.vocab import Channel, Unit
 
@@ -106,14 +107,17 @@ def test_run_survives_snapshot_restore() -> None:
         OverloadDetector().restore(np.array([-1], dtype="<i8").tobytes())
 
 
-def test_nan_is_rejected_before_any_state_changes() -> None:
-    engine = Engine([OverloadDetector()])
-    engine.process(columns(series("m", [25.0] * 3)))
-    before = engine.snapshot()
-    bad = [*series("m", [25.0], start=3), ("m", 4000, float("nan"), POWER, int(Unit.KW))]
-    with pytest.raises(ValueError, match="finite"):
-        engine.process(columns(bad))
-    assert engine.snapshot() == before
+def test_nan_is_rejected_and_leaves_no_trace() -> None:
+    engine, clean = Engine([OverloadDetector()]), Engine([OverloadDetector()])
+    for e in (engine, clean):
+        e.process(columns(series("m", [25.0] * 3)))
+    bad = [("m", 3000, float("nan"), POWER, int(Unit.KW)), *series("m", [25.0], start=4)]
+    found = engine.process(columns(bad))
+    clean.process(columns(series("m", [25.0], start=4)))
+    assert found.flags.tolist() == [int(Flag.NOT_FINITE), 0]
+    assert found.quality.tolist() == [0, 100]
+    assert found.rejected == 1
+    assert engine.snapshot() == clean.snapshot()
 
 
 def test_config() -> None:

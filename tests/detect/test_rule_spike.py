@@ -16,6 +16,7 @@ from cloud_consumer.detect.rules.spike import (
     SpikeConfig,
     SpikeDetector,
 )
+from cloud_consumer.detect.validate import Flag
 from cloud_consumer.replay_input import ReadingColumns
 from meterlink_wire.vocab import Channel, Unit
 
@@ -108,13 +109,28 @@ def test_several_meters_out_of_order_in_one_batch() -> None:
     assert alerts == sorted(expected, key=key)
 
 
-def test_nan_is_rejected_before_any_state_changes() -> None:
+def test_nan_is_rejected_and_leaves_no_trace() -> None:
     engine = Engine([SpikeDetector(), RobustZDetector()])
-    engine.process(columns(series("m1", [1.0, 2.0])))
-    before = engine.snapshot()
-    with pytest.raises(ValueError, match="finite"):
-        engine.process(columns([("m1", 5000, 3.0), ("m2", 5000, float("nan"))]))
-    assert engine.snapshot() == before
+    clean = Engine([SpikeDetector(), RobustZDetector()])
+    for e in (engine, clean):
+        e.process(columns(series("m1", [1.0, 2.0])))
+    found = engine.process(columns([("m1", 5000, 3.0), ("m2", 5000, float("nan"))]))
+    clean.process(columns([("m1", 5000, 3.0)]))
+    assert found.quality.tolist() == [100, 0]
+    assert found.rejected == 1
+    assert engine.snapshot() == clean.snapshot()
+
+
+def test_duplicate_and_backdated_readings_are_rejected() -> None:
+    """A redelivered reading (same timestamp) or an older one never enters the window."""
+    engine, clean = Engine([SpikeDetector()]), Engine([SpikeDetector()])
+    engine.process(columns(series("m", [1.0, 2.0])))
+    clean.process(columns(series("m", [1.0, 2.0])))
+    found = engine.process(columns([("m", 1000, 50.0), ("m", 500, 9.0), ("m", 2000, 2.0)]))
+    clean.process(columns([("m", 2000, 2.0)]))
+    assert found.flags.tolist() == [int(Flag.BACKDATED), int(Flag.BACKDATED), 0]
+    assert found.alerts == []  # the 50.0 redelivery would have been a spike
+    assert engine.snapshot() == clean.snapshot()
 
 
 def test_spike_config_thresholds() -> None:

@@ -1,0 +1,67 @@
+"""Quality score: one number from 0 to 100 per reading, and the tier it puts the reading in.
+
+The score starts at 100 and loses points for what validation and the rules found at the reading:
+-5 for a unit conversion or inference, -15 per validation warning, -20 when a rate-of-change rule
+fires at it (spike, drop, robust z), -30 when a fault rule holds at it (stuck, zero run, overload,
+leak...). Estimates filled into short gaps lose 10 per interpolated hour instead
+(:class:`~cloud_consumer.detect.rules.gaps.Interpolator`). A reading rejected by validation
+scores 0. Tiers: premium >= 90, standard 70-89, quarantine < 70 -- billing and settlement take
+premium and standard; quarantine waits for a person.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud_consumer.detect.state import BoolArray
+from cloud_consumer.detect.validate import REJECTIONS, UNIT_FLAGS, WARNINGS, FlagArray
+
+QualityArray = npt.NDArray[np.uint8]
+Tier = Literal["premium", "standard", "quarantine"]
+TIERS: tuple[Tier, ...] = ("premium", "standard", "quarantine")
+
+UNIT_PENALTY = 5
+WARNING_PENALTY = 15
+RATE_OF_CHANGE_PENALTY = 20
+FAULT_PENALTY = 30
+PREMIUM = 90
+"""Lowest premium score."""
+STANDARD = 70
+"""Lowest standard score; below is quarantine."""
+
+
+def score(flags: FlagArray, rate_of_change: BoolArray, fault: BoolArray) -> QualityArray:
+    """Quality of each reading from its validation flags and the rule categories that fired."""
+    penalty = np.where((flags & UNIT_FLAGS) != 0, UNIT_PENALTY, 0)
+    for warning in WARNINGS:
+        penalty += np.where((flags & warning) != 0, WARNING_PENALTY, 0)
+    penalty += np.where(rate_of_change, RATE_OF_CHANGE_PENALTY, 0)
+    penalty += np.where(fault, FAULT_PENALTY, 0)
+    quality: QualityArray = np.clip(100 - penalty, 0, 100).astype(np.uint8)
+    quality[(flags & REJECTIONS) != 0] = 0
+    return quality
+
+
+def tier_of(quality: npt.ArrayLike) -> npt.NDArray[np.str_]:
+    """Tier name of each score."""
+    q = np.asarray(quality)
+    tiers: npt.NDArray[np.str_] = np.where(
+        q >= PREMIUM, "premium", np.where(q >= STANDARD, "standard", "quarantine")
+    )
+    return tiers
+
+
+def tier_counts(quality: npt.ArrayLike) -> Mapping[Tier, int]:
+    """How many scores fall in each tier (every tier present, possibly 0)."""
+    q = np.asarray(quality)
+    premium = int(np.count_nonzero(q >= PREMIUM))
+    quarantine = int(np.count_nonzero(q < STANDARD))
+    return {
+        "premium": premium,
+        "standard": int(q.size) - premium - quarantine,
+        "quarantine": quarantine,
+    }

@@ -1,0 +1,189 @@
+"""Gap rules: how long a series went without readings, found when the next reading arrives.
+
+VEE's *gap check* and *estimation* step for interval data: a short gap (under 4 h) is filled by
+linear interpolation between the readings around it, and the estimates are flagged (their quality
+score loses 10 per interpolated hour); a longer gap is not estimated but reported, as a
+``missing_short`` warning (4-24 h) or a ``missing_extended`` critical alert (24 h or more).
+
+Gap episodes are retrospective: the gap is known only once it has ended, so each is reported as
+one alert that opened at the last reading before the gap and resolved at the first one after
+(``Scores.since_ms``). The ids are therefore the same whichever reading or batch revealed the gap.
+A meter that falls silent and stays silent is the live consumer's sweep's business (it knows the
+wall clock); a replay finds every gap that ends within the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud_consumer.detect.base import Frame, RuleKind, Scores, constant
+from cloud_consumer.detect.episodes import Severity
+from cloud_consumer.detect.state import FloatArray, IntArray, SeriesTable
+
+HOUR_MS = 3_600_000
+
+
+@dataclass(frozen=True)
+class MissingDataConfig:
+    """Parameters of :class:`MissingDataDetector`."""
+
+    min_gap_ms: int
+    """Gaps at least this long fire (strictly shorter ones do not)."""
+    max_gap_ms: int | None
+    """Gaps at least this long are the next rule's (None: no upper bound)."""
+    severity: Severity
+
+
+SHORT = MissingDataConfig(4 * HOUR_MS, 24 * HOUR_MS, "warning")
+"""``missing_short``: 4 h <= gap < 24 h."""
+EXTENDED = MissingDataConfig(24 * HOUR_MS, None, "critical")
+"""``missing_extended``: gap >= 24 h."""
+
+
+class MissingDataDetector:
+    """VEE gap check: the time between a reading and the previous one of its series.
+
+    Holds at the first reading after a gap of ``min_gap_ms`` or more (and under ``max_gap_ms``),
+    as a retrospective episode from the previous reading to this one. A series' first reading
+    never holds. Score: gap hours. Stateless: the previous timestamp is the table's.
+    """
+
+    kind: RuleKind = "data"
+
+    def __init__(self, name: str, config: MissingDataConfig) -> None:
+        if config.min_gap_ms <= 0:
+            raise ValueError(f"{name}: min_gap_ms must be positive, got {config.min_gap_ms}")
+        if config.max_gap_ms is not None and config.max_gap_ms <= config.min_gap_ms:
+            raise ValueError(f"{name}: max_gap_ms must exceed min_gap_ms")
+        self.name = name
+        self.config = config
+        self.severity: Severity = config.severity
+
+    def score(self, frame: Frame, table: SeriesTable) -> Scores:
+        config = self.config
+        _, previous = table.last(frame.rows)
+        known = previous >= 0
+        gap = np.where(known, frame.ts_ms - previous, 0)
+        holds = known & (gap >= config.min_gap_ms)
+        if config.max_gap_ms is not None:
+            holds &= gap < config.max_gap_ms
+        hours = gap / HOUR_MS
+        return Scores(
+            holds,
+            np.where(known, hours, np.nan),
+            {
+                "gap_h": hours,
+                "threshold_h": constant(config.min_gap_ms / HOUR_MS, len(frame)),
+            },
+            since_ms=previous,
+        )
+
+    def learn(self, frame: Frame, table: SeriesTable) -> None:
+        """Nothing to learn: the previous reading lives in the table."""
+
+
+def missing_short(config: MissingDataConfig = SHORT) -> MissingDataDetector:
+    """The ``missing_short`` rule (4-24 h gaps, warning)."""
+    return MissingDataDetector("missing_short", config)
+
+
+def missing_extended(config: MissingDataConfig = EXTENDED) -> MissingDataDetector:
+    """The ``missing_extended`` rule (gaps of 24 h or more, critical)."""
+    return MissingDataDetector("missing_extended", config)
+
+
+@dataclass(frozen=True)
+class InterpolationConfig:
+    """Parameters of :class:`Interpolator`."""
+
+    max_gap_ms: int = 4 * HOUR_MS
+    """Gaps strictly shorter than this are filled (longer ones are reported instead)."""
+    tolerance: float = 1.5
+    """A gap is an interval longer than this many times the series' previous interval."""
+    max_points: int = 240
+    """At most this many estimates per gap (a finer cadence is coarsened to fit)."""
+    penalty_per_hour: int = 10
+    """Quality points an estimate loses per hour of gap it fills (rounded up)."""
+
+    def __post_init__(self) -> None:
+        if self.max_gap_ms <= 0 or self.tolerance <= 1.0 or self.max_points < 1:
+            raise ValueError("interpolation: max_gap_ms > 0, tolerance > 1, max_points >= 1")
+
+
+class Estimates:
+    """Readings estimated into short gaps, as parallel columns (rows are table rows)."""
+
+    __slots__ = ("quality", "rows", "ts_ms", "value")
+
+    def __init__(self, rows: IntArray, ts_ms: IntArray, value: FloatArray, quality: IntArray):
+        self.rows = rows
+        self.ts_ms = ts_ms
+        self.value = value
+        self.quality = quality
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    @classmethod
+    def empty(cls) -> Estimates:
+        """No estimates."""
+        nothing = np.zeros(0, dtype=np.int64)
+        return cls(nothing, nothing, np.zeros(0), nothing)
+
+    @classmethod
+    def join(cls, parts: list[Estimates]) -> Estimates:
+        """Concatenate (in the given order)."""
+        if not parts:
+            return cls.empty()
+        return cls(
+            np.concatenate([p.rows for p in parts]),
+            np.concatenate([p.ts_ms for p in parts]),
+            np.concatenate([p.value for p in parts]),
+            np.concatenate([p.quality for p in parts]),
+        )
+
+
+class Interpolator:
+    """VEE estimation of short gaps: linear between the readings that bound the gap.
+
+    The series' cadence is its previous interval (the two newest points of its window); an
+    interval longer than ``tolerance`` times that and shorter than ``max_gap_ms`` is a gap,
+    filled with ``round(gap / cadence) - 1`` estimates (at most ``max_points``) spread evenly
+    inside it. Estimates are not fed to the rules (they are not measurements); each carries
+    the quality score ``100 - penalty_per_hour * ceil(gap hours)``.
+    """
+
+    def __init__(self, config: InterpolationConfig | None = None) -> None:
+        self.config = config or InterpolationConfig()
+
+    def fill(self, frame: Frame, table: SeriesTable) -> Estimates:
+        """Estimates for the gaps each reading of ``frame`` closes (before the table learns it)."""
+        config = self.config
+        (previous, last_ts), (_, before_ts) = table.last(frame.rows), table.last(frame.rows, 1)
+        gap = frame.ts_ms - last_ts
+        cadence = last_ts - before_ts
+        fills = (
+            (before_ts >= 0)
+            & (cadence > 0)
+            & (gap < config.max_gap_ms)
+            & (gap > config.tolerance * cadence)
+        )
+        where = np.flatnonzero(fills)
+        if not where.size:
+            return Estimates.empty()
+        gap, cadence = gap[where], cadence[where]
+        points = np.minimum(np.rint(gap / cadence).astype(np.int64) - 1, config.max_points)
+        points = np.maximum(points, 1)
+        owner = np.repeat(np.arange(where.size), points)
+        step = np.arange(owner.size) - np.repeat(np.cumsum(points) - points, points) + 1
+        fraction = step / (points[owner] + 1)
+        start, end = previous[where][owner], frame.value[where][owner]
+        ts = last_ts[where][owner] + (gap[owner] * fraction).astype(np.int64)
+        hours = -(-gap // HOUR_MS)  # ceil
+        quality = np.maximum(100 - config.penalty_per_hour * hours, 0)[owner]
+        value: FloatArray = start + (end - start) * fraction
+        rows: npt.NDArray[np.int64] = frame.rows[where][owner]
+        return Estimates(rows, ts, value, quality)
