@@ -230,10 +230,15 @@ class Validator:
             scale = np.where(missing, 1.0, scale)
             scale[base_unit] = 1e-3
             flags[missing] |= np.uint16(Flag.UNIT_INFERRED)
-            flags[inferred & (magnitude >= 10.0) & (magnitude <= 1000.0)] |= np.uint16(Flag.UNIT_AMBIGUOUS)
+            flags[inferred & (magnitude >= 10.0) & (magnitude <= 1000.0)] |= np.uint16(
+                Flag.UNIT_AMBIGUOUS
+            )
         standard = value * np.where(np.isnan(scale), 1.0, scale)
-        flags[(standard < 0) & self._non_negative[channel]] |= np.uint16(Flag.NEGATIVE)
-        flags[standard > self._max[channel]] |= np.uint16(Flag.ABOVE_MAX)
+        # Limits judge only finite values in a unit of their channel (230 V on a power channel
+        # is a unit mismatch, not 230 kW above the maximum).
+        judged = finite & ~np.isnan(scale)
+        flags[judged & (standard < 0) & self._non_negative[channel]] |= np.uint16(Flag.NEGATIVE)
+        flags[judged & (standard > self._max[channel])] |= np.uint16(Flag.ABOVE_MAX)
         return Standardised(flags, standard, CANONICAL_UNIT[channel])
 
     @staticmethod

@@ -24,7 +24,7 @@ from cloud_consumer.replay_input import ReadingColumns
 from meterlink_wire.vocab import Channel, Unit
 from tests.detect.plants import all_plants
 
-WINDOW = 16
+WINDOW = 60
 Reading = tuple[str, int, int, int, float]  # meter, channel, unit, ts_ms, value
 
 RULES = sorted(DETECTORS)

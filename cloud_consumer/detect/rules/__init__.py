@@ -9,6 +9,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cloud_consumer.detect.base import Detector
+from cloud_consumer.detect.rules.flatline import (
+    LowVarianceConfig,
+    LowVarianceDetector,
+    StuckValueConfig,
+    StuckValueDetector,
+    ZeroRunConfig,
+    ZeroRunDetector,
+)
+from cloud_consumer.detect.rules.gaps import (
+    MissingDataConfig,
+    MissingExtendedDetector,
+    MissingShortDetector,
+)
 from cloud_consumer.detect.rules.overload import OverloadConfig, OverloadDetector
 from cloud_consumer.detect.rules.spike import (
     RobustZConfig,
@@ -16,13 +29,29 @@ from cloud_consumer.detect.rules.spike import (
     SpikeConfig,
     SpikeDetector,
 )
+from cloud_consumer.detect.rules.water import (
+    BurstConfig,
+    BurstDetector,
+    ContinuousFlowConfig,
+    ContinuousFlowDetector,
+    ReverseFlowConfig,
+    ReverseFlowDetector,
+)
 
-DETECTORS: dict[str, Callable[[], Detector]] = {
+DETECTORS: dict[str, Callable[..., Detector]] = {
     SpikeDetector.name: SpikeDetector,
     RobustZDetector.name: RobustZDetector,
     OverloadDetector.name: OverloadDetector,
+    StuckValueDetector.name: StuckValueDetector,
+    ZeroRunDetector.name: ZeroRunDetector,
+    LowVarianceDetector.name: LowVarianceDetector,
+    ContinuousFlowDetector.name: ContinuousFlowDetector,
+    BurstDetector.name: BurstDetector,
+    ReverseFlowDetector.name: ReverseFlowDetector,
+    MissingShortDetector.name: MissingShortDetector,
+    MissingExtendedDetector.name: MissingExtendedDetector,
 }
-"""Rule name -> factory of the detector with its default config."""
+"""Rule name -> detector class: called bare for the default config, or with a config."""
 
 
 def default_detectors() -> list[Detector]:
@@ -32,11 +61,26 @@ def default_detectors() -> list[Detector]:
 
 __all__ = [
     "DETECTORS",
+    "BurstConfig",
+    "BurstDetector",
+    "ContinuousFlowConfig",
+    "ContinuousFlowDetector",
+    "LowVarianceConfig",
+    "LowVarianceDetector",
+    "MissingDataConfig",
+    "MissingExtendedDetector",
+    "MissingShortDetector",
     "OverloadConfig",
     "OverloadDetector",
+    "ReverseFlowConfig",
+    "ReverseFlowDetector",
     "RobustZConfig",
     "RobustZDetector",
     "SpikeConfig",
     "SpikeDetector",
+    "StuckValueConfig",
+    "StuckValueDetector",
+    "ZeroRunConfig",
+    "ZeroRunDetector",
     "default_detectors",
 ]

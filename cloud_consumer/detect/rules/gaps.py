@@ -51,14 +51,16 @@ class MissingDataDetector:
     never holds. Score: gap hours. Stateless: the previous timestamp is the table's.
     """
 
+    name = "missing_data"
     kind: RuleKind = "data"
+    default = SHORT
 
-    def __init__(self, name: str, config: MissingDataConfig) -> None:
+    def __init__(self, config: MissingDataConfig | None = None) -> None:
+        config = config or self.default
         if config.min_gap_ms <= 0:
-            raise ValueError(f"{name}: min_gap_ms must be positive, got {config.min_gap_ms}")
+            raise ValueError(f"{self.name}: min_gap_ms must be positive, got {config.min_gap_ms}")
         if config.max_gap_ms is not None and config.max_gap_ms <= config.min_gap_ms:
-            raise ValueError(f"{name}: max_gap_ms must exceed min_gap_ms")
-        self.name = name
+            raise ValueError(f"{self.name}: max_gap_ms must exceed min_gap_ms")
         self.config = config
         self.severity: Severity = config.severity
 
@@ -85,14 +87,18 @@ class MissingDataDetector:
         """Nothing to learn: the previous reading lives in the table."""
 
 
-def missing_short(config: MissingDataConfig = SHORT) -> MissingDataDetector:
-    """The ``missing_short`` rule (4-24 h gaps, warning)."""
-    return MissingDataDetector("missing_short", config)
+class MissingShortDetector(MissingDataDetector):
+    """VEE gap check, ``missing_short``: a gap of 4 h or more but under 24 h (warning)."""
+
+    name = "missing_short"
+    default = SHORT
 
 
-def missing_extended(config: MissingDataConfig = EXTENDED) -> MissingDataDetector:
-    """The ``missing_extended`` rule (gaps of 24 h or more, critical)."""
-    return MissingDataDetector("missing_extended", config)
+class MissingExtendedDetector(MissingDataDetector):
+    """VEE gap check, ``missing_extended``: a gap of 24 h or more (critical)."""
+
+    name = "missing_extended"
+    default = EXTENDED
 
 
 @dataclass(frozen=True)
@@ -181,7 +187,8 @@ class Interpolator:
         step = np.arange(owner.size) - np.repeat(np.cumsum(points) - points, points) + 1
         fraction = step / (points[owner] + 1)
         start, end = previous[where][owner], frame.value[where][owner]
-        ts = last_ts[where][owner] + (gap[owner] * fraction).astype(np.int64)
+        # Integer arithmetic: a float fraction truncated can land 1 ms before the cadence slot.
+        ts = last_ts[where][owner] + gap[owner] * step // (points[owner] + 1)
         hours = -(-gap // HOUR_MS)  # ceil
         quality = np.maximum(100 - config.penalty_per_hour * hours, 0)[owner]
         value: FloatArray = start + (end - start) * fraction

@@ -94,8 +94,10 @@ class RobustZConfig:
 
     threshold: float = 3.5
     """Modified z-score above this is an outlier (Iglewicz and Hoaglin's recommendation)."""
-    min_points: int = 10
-    """Window points needed before judging (must not exceed the engine's window to ever fire)."""
+    min_points: int = 30
+    """Window points needed before judging: half the default 60-point window, so the median and
+    MAD rest on enough points (with 10-20, sampling noise alone pushes z past 3.5 now and then).
+    Must not exceed the engine's window for the rule to ever fire."""
     severity: Severity = "warning"
 
 

@@ -1,0 +1,1 @@
+"""Runnable examples: a CSV of readings with planted faults for ``cloud-consumer replay``."""

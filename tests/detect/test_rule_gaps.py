@@ -1,0 +1,362 @@
+"""Gap rules and short-gap interpolation: exact retrospective alerts and exact estimates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from cloud_consumer.detect.engine import Detection, Engine
+from cloud_consumer.detect.episodes import Alert
+from cloud_consumer.detect.rules import default_detectors
+from cloud_consumer.detect.rules.gaps import (
+    EXTENDED,
+    SHORT,
+    Estimates,
+    InterpolationConfig,
+    Interpolator,
+    MissingDataConfig,
+    MissingExtendedDetector,
+    MissingShortDetector,
+)
+from cloud_consumer.detect.validate import Flag, Validator
+from cloud_consumer.replay_input import ReadingColumns
+from meterlink_wire.vocab import Channel, Unit
+
+Reading = tuple[str, int, float, int, int]  # meter, ts_ms, value, channel, unit
+
+T0 = 1_767_571_200_000  # 2026-01-05T00:00:00Z
+MINUTE = 60_000
+HOUR = 3_600_000
+CADENCE = 15 * MINUTE
+POWER, FLOW = int(Channel.POWER), int(Channel.FLOW)
+KW = int(Unit.KW)
+
+
+def columns(readings: Sequence[Reading]) -> ReadingColumns:
+    ids = tuple(dict.fromkeys(r[0] for r in readings))
+    return ReadingColumns(
+        meter_ids=ids,
+        meter=np.array([ids.index(r[0]) for r in readings], dtype=np.int32),
+        channel=np.array([r[3] for r in readings], dtype=np.uint8),
+        unit=np.array([r[4] for r in readings], dtype=np.uint8),
+        ts_ms=np.array([r[1] for r in readings], dtype=np.int64),
+        value=np.array([r[2] for r in readings], dtype=np.float64),
+    )
+
+
+def at(meter: str, ts: int, value: float = 1.0, channel: int = POWER, unit: int = KW) -> Reading:
+    return (meter, ts, value, channel, unit)
+
+
+def short(meter: str, opened: int, resolved: int, gap_h: float) -> Alert:
+    evidence = {"gap_h": gap_h, "threshold_h": 4.0}
+    return Alert(meter, POWER, "missing_short", "warning", opened, resolved, evidence)
+
+
+def extended(meter: str, opened: int, resolved: int, gap_h: float) -> Alert:
+    evidence = {"gap_h": gap_h, "threshold_h": 24.0}
+    return Alert(meter, POWER, "missing_extended", "critical", opened, resolved, evidence)
+
+
+def gap_engine(interpolator: Interpolator | None = None) -> Engine:
+    return Engine([MissingShortDetector(), MissingExtendedDetector()], interpolator=interpolator)
+
+
+def run(engine: Engine, readings: Sequence[Reading], batch: int) -> list[Detection]:
+    return [
+        engine.process(columns(readings[start : start + batch]))
+        for start in range(0, len(readings), batch)
+    ]
+
+
+def estimates_of(found: Sequence[Detection]) -> Estimates:
+    return Estimates.join([d.estimates for d in found])
+
+
+# A 15-minute series: four readings, then each gap followed by four readings (the first closes
+# the gap). Gaps: exactly 4 h, 1 ms short of 4 h, exactly 24 h, 23.99 h, 30 h.
+JUST_UNDER_4H = 4 * HOUR - 1  # 3 h 59 min 59.999 s
+GAPS = [4 * HOUR, JUST_UNDER_4H, 24 * HOUR, 86_364_000, 30 * HOUR]
+A0 = T0 + 45 * MINUTE  # newest reading before the first gap
+B0 = A0 + 4 * HOUR
+A1 = B0 + 45 * MINUTE
+B1 = A1 + JUST_UNDER_4H
+A2 = B1 + 45 * MINUTE
+B2 = A2 + 24 * HOUR
+A3 = B2 + 45 * MINUTE
+B3 = A3 + 86_364_000
+A4 = B3 + 45 * MINUTE
+B4 = A4 + 30 * HOUR
+
+
+def gappy(meter: str) -> list[Reading]:
+    readings: list[Reading] = []
+    ts = T0
+    for gap in [0, *GAPS]:
+        ts += gap
+        readings += [at(meter, ts + i * CADENCE, 1.0 + i) for i in range(4)]
+        ts += 3 * CADENCE
+    return readings
+
+
+EXPECTED = [
+    short("g", A0, B0, 4.0),  # exactly 4 h: short
+    # A1 -> B1 (4 h less 1 ms): no alert, interpolated instead
+    extended("g", A2, B2, 24.0),  # exactly 24 h: extended, not short
+    short("g", A3, B3, 23.99),
+    extended("g", A4, B4, 30.0),
+]
+
+
+def test_series_timestamps() -> None:
+    ts = [r[1] for r in gappy("g")]
+    assert len(ts) == 24
+    assert [ts[3], ts[4], ts[7], ts[8], ts[11], ts[12], ts[15], ts[16], ts[19], ts[20]] == [
+        A0, B0, A1, B1, A2, B2, A3, B3, A4, B4,
+    ]  # fmt: skip
+    assert B0 == T0 + 4 * HOUR + 45 * MINUTE
+    assert B3 - A3 == 23.99 * HOUR
+
+
+@pytest.mark.parametrize("batch", [1, 7, 24])
+def test_exact_gap_alerts_whatever_the_batching(batch: int) -> None:
+    found = run(gap_engine(), gappy("g"), batch)
+    alerts = [a for d in found for a in d.alerts]
+    assert alerts == EXPECTED
+    assert all(a.resolved_ms is not None for a in alerts)  # one resolved alert per episode
+    assert [d.quality.tolist() for d in found] == [
+        [100] * len(d.quality) for d in found
+    ]  # a gap costs the reading nothing
+    engine = gap_engine()
+    run(engine, gappy("g"), batch)
+    assert engine.open_alerts() == []
+
+
+@pytest.mark.parametrize("batch", [1, 7, 24])
+def test_interpolation_is_batch_size_independent(batch: int) -> None:
+    found = estimates_of(run(gap_engine(Interpolator()), gappy("g"), batch))
+    # Only the 4 h - 1 ms gap is filled: round(gap / 15 min) - 1 = 15 estimates, 4 h rounded up.
+    assert len(found) == 15
+    assert found.quality.tolist() == [60] * 15
+    assert found.ts_ms.tolist() == [A1 + JUST_UNDER_4H * k // 16 for k in range(1, 16)]
+    assert found.value.tolist() == [4.0 + (1.0 - 4.0) * k / 16 for k in range(1, 16)]
+    assert found.rows.tolist() == [0] * 15
+
+
+def test_duplicates_and_out_of_order_readings_close_no_gap() -> None:
+    engine = gap_engine(Interpolator())
+    engine.process(columns([at("d", T0), at("d", T0 + CADENCE), at("d", T0 + 5 * HOUR)]))
+    found = engine.process(
+        columns([at("d", T0 + 5 * HOUR), at("d", T0 + HOUR), at("d", T0 + 5 * HOUR + CADENCE)])
+    )
+    back = int(Flag.BACKDATED)
+    assert found.flags.tolist() == [back, back, 0]
+    assert found.alerts == []
+    assert len(found.estimates) == 0
+    dup = engine.process(columns([at("d", T0 + 10 * HOUR)] * 3))
+    assert dup.flags.tolist() == [0, back, back]
+    assert dup.alerts == [short("d", T0 + 5 * HOUR + CADENCE, T0 + 10 * HOUR, 4.75)]
+
+
+def test_first_reading_of_a_meter_closes_no_gap() -> None:
+    engine = gap_engine(Interpolator())
+    engine.process(columns([at("old", T0)]))
+    found = engine.process(columns([at("new", T0 + 100 * HOUR), at("new2", T0 + 200 * HOUR)]))
+    assert found.alerts == []
+    assert len(found.estimates) == 0
+    later = engine.process(columns([at("new", T0 + 130 * HOUR), at("old", T0 + 5 * HOUR)]))
+    assert later.alerts == [
+        short("old", T0, T0 + 5 * HOUR, 5.0),
+        extended("new", T0 + 100 * HOUR, T0 + 130 * HOUR, 30.0),
+    ]  # in event order: resolved time first
+
+
+def test_several_meters_and_channels_in_one_batch() -> None:
+    readings = [
+        at("a", T0),
+        at("b", T0, channel=FLOW, unit=int(Unit.L_PER_MIN)),
+        at("a", T0, channel=FLOW, unit=int(Unit.L_PER_MIN)),
+        at("b", T0 + 6 * HOUR, channel=FLOW, unit=int(Unit.L_PER_MIN)),
+        at("a", T0 + 25 * HOUR),
+        at("a", T0 + 4 * HOUR, channel=FLOW, unit=int(Unit.L_PER_MIN)),
+    ]
+    shuffled = [readings[i] for i in np.random.default_rng(3).permutation(len(readings))]
+    alerts = gap_engine().process(columns(shuffled)).alerts
+    flow_short = Alert(
+        "a", FLOW, "missing_short", "warning", T0, T0 + 4 * HOUR,
+        {"gap_h": 4.0, "threshold_h": 4.0},
+    )  # fmt: skip
+    b_short = Alert(
+        "b", FLOW, "missing_short", "warning", T0, T0 + 6 * HOUR,
+        {"gap_h": 6.0, "threshold_h": 4.0},
+    )  # fmt: skip
+    assert alerts == [flow_short, b_short, extended("a", T0, T0 + 25 * HOUR, 25.0)]
+    assert alerts[0].episode_id != alerts[1].episode_id
+
+
+def test_gap_alerts_with_every_rule_and_a_validator() -> None:
+    engine = Engine(default_detectors(), validator=Validator(), interpolator=Interpolator())
+    alerts = [a for d in run(engine, gappy("g"), 5) for a in d.alerts]
+    assert [a for a in alerts if a.rule.startswith("missing_")] == EXPECTED
+
+
+def test_detector_config() -> None:
+    assert MissingShortDetector().config == SHORT
+    assert MissingExtendedDetector().config == EXTENDED
+    assert (MissingShortDetector().severity, MissingExtendedDetector().severity) == (
+        "warning",
+        "critical",
+    )
+    one_hour = MissingShortDetector(MissingDataConfig(HOUR, 2 * HOUR, "info"))
+    found = Engine([one_hour]).process(
+        columns([at("m", T0), at("m", T0 + HOUR), at("m", T0 + 3 * HOUR), at("m", T0 + 4 * HOUR)])
+    )
+    assert found.alerts == [
+        Alert(
+            "m", POWER, "missing_short", "info", T0, T0 + HOUR,
+            {"gap_h": 1.0, "threshold_h": 1.0},
+        ),
+        Alert(
+            "m", POWER, "missing_short", "info", T0 + 3 * HOUR, T0 + 4 * HOUR,
+            {"gap_h": 1.0, "threshold_h": 1.0},
+        ),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="min_gap_ms must be positive"):
+        MissingShortDetector(MissingDataConfig(0, None, "warning"))
+    with pytest.raises(ValueError, match="max_gap_ms must exceed"):
+        MissingExtendedDetector(MissingDataConfig(HOUR, HOUR, "warning"))
+
+
+# --- interpolation ------------------------------------------------------------------------------
+
+
+def cadence_then_gap(meter: str, gap: int, end: float = 6.0, count: int = 3) -> list[Reading]:
+    """``count`` readings 15 minutes apart (1.0, ..., 2.0 last), then one after ``gap``."""
+    readings = [at(meter, T0 + i * CADENCE, 1.0) for i in range(count - 1)]
+    last = T0 + (count - 1) * CADENCE
+    return [*readings, at(meter, last, 2.0), at(meter, last + gap, end)]
+
+
+def test_one_hour_gap_gets_three_estimates_of_quality_90() -> None:
+    engine = gap_engine(Interpolator())
+    found = engine.process(columns(cadence_then_gap("m", HOUR)))
+    assert found.alerts == []
+    est = found.estimates
+    assert est.ts_ms.tolist() == [T0 + 45 * MINUTE, T0 + 60 * MINUTE, T0 + 75 * MINUTE]
+    assert est.value.tolist() == [3.0, 4.0, 5.0]  # 2.0 -> 6.0, linearly
+    assert est.quality.tolist() == [90, 90, 90]
+    assert found.quality.tolist() == [100, 100, 100, 100]  # the readings themselves are clean
+
+
+def test_two_and_a_half_hour_gap_gets_quality_70() -> None:
+    found = gap_engine(Interpolator()).process(
+        columns(cadence_then_gap("m", 150 * MINUTE, end=12.0))
+    )
+    est = found.estimates
+    assert est.ts_ms.tolist() == [T0 + 30 * MINUTE + k * CADENCE for k in range(1, 10)]
+    assert est.value.tolist() == [3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0]
+    assert est.quality.tolist() == [70] * 9
+
+
+def test_estimates_land_on_the_cadence_to_the_millisecond() -> None:
+    # 5-minute cadence, 75-minute gap: 14 estimates, each exactly on a 5-minute slot.
+    readings = [at("m", T0 + i * 5 * MINUTE) for i in range(3)]
+    readings.append(at("m", T0 + 85 * MINUTE, 16.0))
+    est = gap_engine(Interpolator()).process(columns(readings)).estimates
+    assert est.ts_ms.tolist() == [T0 + 10 * MINUTE + k * 5 * MINUTE for k in range(1, 15)]
+    assert est.value.tolist() == [1.0 + k for k in range(1, 15)]
+    assert est.quality.tolist() == [80] * 14
+
+
+@pytest.mark.parametrize(
+    ("gap", "count"),
+    [
+        (int(1.5 * CADENCE), 0),  # not longer than 1.5 cadences: no gap
+        (int(1.5 * CADENCE) + 1, 1),  # round(1.5...) - 1 = 1
+        (30 * MINUTE, 1),
+        (4 * HOUR, 0),  # exactly 4 h: reported, not filled
+    ],
+)
+def test_what_counts_as_a_gap(gap: int, count: int) -> None:
+    est = gap_engine(Interpolator()).process(columns(cadence_then_gap("m", gap))).estimates
+    assert len(est) == count
+
+
+def test_max_points_caps_the_estimates() -> None:
+    interpolator = Interpolator(InterpolationConfig(max_points=2))
+    found = gap_engine(interpolator).process(columns(cadence_then_gap("m", HOUR, end=5.0)))
+    est = found.estimates
+    assert est.ts_ms.tolist() == [T0 + 50 * MINUTE, T0 + 70 * MINUTE]  # a third and two thirds
+    assert est.value.tolist() == [3.0, 4.0]
+    assert est.quality.tolist() == [90, 90]
+
+
+def test_penalty_per_hour_and_its_floor() -> None:
+    interpolator = Interpolator(InterpolationConfig(penalty_per_hour=40, max_gap_ms=5 * HOUR))
+    found = gap_engine(interpolator).process(columns(cadence_then_gap("m", 3 * HOUR)))
+    assert found.estimates.quality.tolist() == [0] * 11
+    with pytest.raises(ValueError, match="interpolation"):
+        InterpolationConfig(tolerance=1.0)
+    with pytest.raises(ValueError, match="interpolation"):
+        InterpolationConfig(max_points=0)
+    with pytest.raises(ValueError, match="interpolation"):
+        InterpolationConfig(max_gap_ms=0)
+
+
+def test_no_estimates_before_a_cadence_is_established() -> None:
+    engine = gap_engine(Interpolator())
+    # The second reading of a series has no previous interval to compare with.
+    first = engine.process(columns([at("m", T0), at("m", T0 + CADENCE)]))
+    assert len(first.estimates) == 0
+    # The third has one: 15 minutes, so a 1 h interval is a gap.
+    third = engine.process(columns([at("m", T0 + CADENCE + HOUR, 5.0)]))
+    assert third.estimates.ts_ms.tolist() == [T0 + 30 * MINUTE, T0 + 45 * MINUTE, T0 + 60 * MINUTE]
+    assert third.estimates.value.tolist() == [2.0, 3.0, 4.0]
+    # A long first interval is no gap either (one reading, then 2 h later a second).
+    other = engine.process(columns([at("x", T0), at("x", T0 + 2 * HOUR)]))
+    assert len(other.estimates) == 0
+
+
+def test_describe_names_meters_channels_and_canonical_units() -> None:
+    engine = Engine([], validator=Validator(), interpolator=Interpolator())
+    m3h = int(Unit.M3_PER_H)  # converted to L/min by the validator: 0.06 m3/h = 1 L/min
+    readings = [
+        *[at("b", T0 + i * CADENCE, 0.06, FLOW, m3h) for i in range(3)],
+        *[at("a", T0 + i * CADENCE, 1000.0, POWER, int(Unit.W)) for i in range(3)],
+        at("a", T0 + 90 * MINUTE, 3000.0, POWER, int(Unit.W)),
+        at("b", T0 + 60 * MINUTE, 0.24, FLOW, m3h),
+    ]
+    found = engine.process(columns(readings))
+    described = engine.describe(found.estimates)
+    assert described.meter_ids == ("b", "a")
+    assert described.meter_names() == ["b", "a", "a", "a"]
+    assert described.meter.dtype == np.int32
+    assert described.channel.tolist() == [FLOW, POWER, POWER, POWER]
+    assert described.unit.tolist() == [int(Unit.L_PER_MIN)] + [int(Unit.KW)] * 3
+    assert described.ts_ms.tolist() == [
+        T0 + 45 * MINUTE,
+        T0 + 45 * MINUTE,
+        T0 + 60 * MINUTE,
+        T0 + 75 * MINUTE,
+    ]
+    assert described.value.tolist() == [2.5, 1.5, 2.0, 2.5]  # canonical units: L/min, kW
+    assert found.estimates.quality.tolist() == [90, 90, 90, 90]
+    empty = engine.describe(Estimates.empty())
+    assert empty.meter_ids == ()
+    assert len(empty) == 0
+
+
+@pytest.mark.parametrize("batch", [1, 7, 24])
+def test_estimates_never_enter_the_windows(batch: int) -> None:
+    readings = gappy("g") + cadence_then_gap("h", HOUR)
+    with_estimates = Engine(default_detectors(), interpolator=Interpolator())
+    without = Engine(default_detectors())
+    found = run(with_estimates, readings, batch)
+    plain = run(without, readings, batch)
+    assert len(estimates_of(found)) == 18
+    assert len(estimates_of(plain)) == 0
+    assert with_estimates.snapshot() == without.snapshot()
+    assert [a for d in found for a in d.alerts] == [a for d in plain for a in d.alerts]
+    assert [d.quality.tolist() for d in found] == [d.quality.tolist() for d in plain]
