@@ -16,6 +16,7 @@ without worrying about repeated rows.
 from __future__ import annotations
 
 from collections.abc import Mapping
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -32,7 +33,9 @@ class Frame:
 
     ``rows`` are :class:`SeriesTable` rows (one series per row); ``meter`` indexes ``meter_ids``
     (the batch's meter dictionary) to name each reading's meter; ``channel`` and ``unit`` are
-    :mod:`meterlink_wire.vocab` codes (unit 0: not given).
+    :mod:`meterlink_wire.vocab` codes. ``previous`` and ``previous_ts`` are each series' newest
+    value and timestamp before the step (NaN and -1 for a series' first reading): most rules
+    need them, so the engine reads them from the table once per step (:meth:`with_previous`).
     """
 
     rows: IntArray
@@ -42,12 +45,14 @@ class Frame:
     unit: npt.NDArray[np.uint8]
     meter: npt.NDArray[np.int32]
     meter_ids: tuple[str, ...]
+    previous: FloatArray | None = None
+    previous_ts: IntArray | None = None
 
     def __len__(self) -> int:
         return int(self.rows.size)
 
     def take(self, index: IntArray) -> Frame:
-        """The readings at ``index`` (same meter dictionary)."""
+        """The readings at ``index`` (same meter dictionary; ``previous`` is not carried)."""
         return Frame(
             self.rows[index],
             self.ts_ms[index],
@@ -57,6 +62,17 @@ class Frame:
             self.meter[index],
             self.meter_ids,
         )
+
+    def with_previous(self, table: SeriesTable) -> Frame:
+        """This frame with ``previous``/``previous_ts`` read from ``table`` (before the step)."""
+        previous, previous_ts = table.last(self.rows)
+        return dataclasses.replace(self, previous=previous, previous_ts=previous_ts)
+
+    def last(self, table: SeriesTable) -> tuple[FloatArray, IntArray]:
+        """``(previous, previous_ts)``, read from ``table`` if the engine did not fill them."""
+        if self.previous is None or self.previous_ts is None:
+            return table.last(self.rows)
+        return self.previous, self.previous_ts
 
 
 @dataclass(frozen=True, eq=False)

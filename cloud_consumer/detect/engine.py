@@ -70,6 +70,10 @@ class _Collected:
         self.since: IntArray | None = None
 
     def put(self, index: IntArray, scores: Scores) -> None:
+        if index.size == self.size:  # the only round (index is 0..size-1): keep, don't copy
+            self.holds, self.score, self.since = scores.holds, scores.score, scores.since_ms
+            self.evidence = dict(scores.evidence)
+            return
         self.holds[index] = scores.holds
         self.score[index] = scores.score
         for name, values in scores.evidence.items():
@@ -190,7 +194,7 @@ class Engine:
         collected = [_Collected(size) for _ in self.detectors]
         estimates: list[Estimates] = []
         for index in _rounds(frame.rows) if size else []:
-            step = frame if index.size == size else frame.take(index)
+            step = (frame if index.size == size else frame.take(index)).with_previous(self.table)
             for detector, found in zip(self.detectors, collected, strict=True):
                 found.put(index, detector.score(step, self.table))
             if self.interpolator is not None:

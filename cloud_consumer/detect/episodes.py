@@ -183,6 +183,8 @@ class EpisodeTracker:
         if row.min() < 0:
             raise ValueError("negative row index")
         self._grow(int(row.max()) + 1)
+        if not hold.any() and not self._active[row].any():
+            return EpisodeChanges([], [])  # nothing opens, nothing was open: the usual case
         order = np.arange(n) if ordered else series_order(row, at)
         if not ordered:
             row, hold, at = row[order], hold[order], at[order]

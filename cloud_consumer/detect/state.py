@@ -19,33 +19,28 @@ Design decisions, measured or argued:
 * **Order across batches.** Batches are applied in arrival order: a reading that arrives in a later
   batch occupies a newer slot even if its timestamp is older. Ordering is the transport's job
   (Kinesis keeps a meter on one shard, in order); within one batch we sort by time.
-* **Statistics: exact, not running.** Per row the table caches the in-window count (from the
-  per-row reading count), the sum and the sum of squared deviations (M2, two-pass Welford-style
-  variance: never negative, no catastrophic cancellation as with ``sum(x**2) - n*mean**2``).
-  They are recomputed from the ring for the rows a batch touches instead of
-  being updated by ``+new - evicted``. Float addition is not associative, so running sums would
-  depend on batch boundaries and drift; recomputing makes every accessor a pure function of the
-  ring contents, which is what makes replays, batch-size independence and snapshot/restore
-  *bit-for-bit* exact, with zero drift. The cost is a few ``window``-long passes per touched row
-  per batch (in chunks of 1,024 rows so temporaries stay in L2): cheaper than running sums when
-  batches carry several readings per series (10,000 series: 6-13 M readings/s on this noisy
-  machine), 1.5-2 M readings/s when each batch touches each of 1,000,000 series about once
-  (bench/detect_state_bench.py).
+* **Statistics: exact, on demand.** The in-window count, mean and variance (two-pass M2: never
+  negative, no catastrophic cancellation as with ``sum(x**2) - n*mean**2``) are computed from the
+  ring for the rows asked, not kept up to date by ``+new - evicted``. Float addition is not
+  associative, so running sums would depend on batch boundaries and drift; computing from the
+  ring makes every accessor a pure function of the ring contents, which is what makes replays,
+  batch-size independence and snapshot/restore *bit-for-bit* exact. And an update costs only
+  the scatter: most rules never ask for window statistics (they keep run state of their own),
+  so paying a ``window``-long pass per touched row on every update would be wasted.
 * **Time-based windows.** With ``horizon_ms`` set, statistics and :meth:`SeriesTable.window_of` only
   count ring points with ``ts > newest - horizon_ms``, where ``newest`` is the series' newest
   timestamp (event time, not wall clock: an idle series keeps its last window; gaps are a rule's
   business). The ring still holds ``window`` points, so size ``window`` for the densest expected
   horizon (e.g. 60 one-minute readings for a one-hour horizon).
-* **Memory.** At ``window=60`` a row is ``60 * (8 + 8)`` ring bytes plus 32 bytes of counters and
-  statistics (992 bytes), plus the key tuple, the meter id and a dict slot: ~1.2 KB measured by
+* **Memory.** At ``window=60`` a row is ``60 * (8 + 8)`` ring bytes plus an 8-byte reading
+  count (968 bytes), plus the key tuple, the meter id and a dict slot: ~1.2 KB measured by
   ``bench/detect_state_bench.py`` (target <= 2 KB per meter-channel). Capacity doubles, so right
   after a growth up to half the rows are spare (~1.5 KB per used row at 100,000 rows).
 * **Snapshots.** ``MAGIC | version u16 | header length u32 | CRC-32 u32 | orjson header | raw
   little-endian arrays`` (the CRC covers header and arrays, so a flipped bit in a stored value is
   caught too). The header holds the window parameters and the keys in row order (so row indices,
   which other state such as episode trackers refers to, survive a restore); the arrays hold the
-  ring and the per-row reading counts. Statistics are recomputed on restore by the same code, so
-  they are bit-identical. Any damage raises :class:`SnapshotError`, never another exception.
+  ring and the per-row reading counts. Any damage raises :class:`SnapshotError`, never another exception.
 """
 
 from __future__ import annotations
@@ -116,9 +111,6 @@ class SeriesTable:
         self._values = np.zeros((capacity, self.window), dtype=np.float64)
         self._ts = np.zeros((capacity, self.window), dtype=np.int64)
         self._seen = np.zeros(capacity, dtype=np.int64)  # readings ever applied to the row
-        self._count = np.zeros(capacity, dtype=np.int64)  # readings in the window
-        self._sum = np.zeros(capacity, dtype=np.float64)
-        self._m2 = np.zeros(capacity, dtype=np.float64)
 
     def _grow(self, needed: int) -> None:
         capacity = len(self._seen)
@@ -126,9 +118,9 @@ class SeriesTable:
             return
         while capacity < needed:
             capacity *= 2
-        old = (self._values, self._ts, self._seen, self._count, self._sum, self._m2)
+        old = (self._values, self._ts, self._seen)
         self._alloc(capacity)
-        new = (self._values, self._ts, self._seen, self._count, self._sum, self._m2)
+        new = (self._values, self._ts, self._seen)
         for target, source in zip(new, old, strict=True):
             target[: len(source)] = source
 
@@ -145,7 +137,7 @@ class SeriesTable:
     @property
     def nbytes(self) -> int:
         """Bytes held by the numpy arrays (allocated capacity, not just used rows)."""
-        arrays = (self._values, self._ts, self._seen, self._count, self._sum, self._m2)
+        arrays = (self._values, self._ts, self._seen)
         return sum(a.nbytes for a in arrays)
 
     def key_of(self, rows: Sequence[int] | IntArray) -> list[SeriesKey]:
@@ -280,16 +272,18 @@ class SeriesTable:
         self._values.reshape(-1)[target] = value
         self._ts.reshape(-1)[target] = ts
         self._seen[unique] = before + 1
-        self._refresh(unique)
 
-    def _refresh(self, rows: IntArray) -> None:
-        """Recompute count, sum and M2 of ``rows`` exactly from their rings."""
+    def _stats(self, rows: IntArray) -> tuple[IntArray, FloatArray, FloatArray]:
+        """Count, sum and M2 of ``rows``, computed exactly from their rings."""
         # Every row goes through the same array operations whatever else is in its chunk (the
         # reductions run row by row), so a row's statistics depend on its ring alone. Ring slots
         # never written hold 0.0 (fresh rows are zeroed; restore zeroes them too), so a partly
         # filled count window needs masking only for the deviations.
         width = self.window
         slots = np.arange(width)
+        counts = np.zeros(rows.size, dtype=np.int64)
+        sums = np.zeros(rows.size)
+        m2s = np.zeros(rows.size)
         for begin in range(0, rows.size, _REFRESH_CHUNK):
             chunk = rows[begin : begin + _REFRESH_CHUNK]
             values = self._values[chunk]
@@ -314,16 +308,22 @@ class SeriesTable:
                 # Multiplying by True is exact (x * 1.0 == x), so rows of a chunk that needs no
                 # mask get the same bits as here.
                 deviation *= valid
-            self._count[chunk] = count
-            self._sum[chunk] = total
+            part = slice(begin, begin + chunk.size)
+            counts[part] = count
+            sums[part] = total
             m2 = np.einsum("ij,ij->i", deviation, deviation)
-            self._m2[chunk] = np.where(count > 0, m2, 0.0)  # an empty window's mean is NaN
+            m2s[part] = np.where(count > 0, m2, 0.0)  # an empty window's mean is NaN
+        return counts, sums, m2s
 
     # --- accessors --------------------------------------------------------------------------
 
     def count(self, rows: npt.ArrayLike) -> IntArray:
         """Readings inside each row's window (count- or time-based)."""
-        return self._count[np.asarray(rows, dtype=np.int64)]
+        index = np.asarray(rows, dtype=np.int64)
+        if self.horizon_ms is None:
+            count: IntArray = np.minimum(self._seen[index], self.window)
+            return count
+        return self._stats(index)[0]
 
     def seen(self, rows: npt.ArrayLike) -> IntArray:
         """Readings ever applied to each row (including those evicted since)."""
@@ -332,15 +332,19 @@ class SeriesTable:
     def mean(self, rows: npt.ArrayLike) -> FloatArray:
         """Window mean of each row (NaN for an empty window)."""
         index = np.asarray(rows, dtype=np.int64)
+        count, total, _ = self._stats(index)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return self._sum[index] / self._count[index]
+            mean: FloatArray = total / count
+        return mean
 
     def variance(self, rows: npt.ArrayLike, ddof: int = 0) -> FloatArray:
         """Window variance (population for ``ddof=0``; NaN where count <= ddof)."""
         index = np.asarray(rows, dtype=np.int64)
-        denominator = self._count[index] - ddof
+        count, _, m2 = self._stats(index)
+        denominator = count - ddof
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(denominator > 0, self._m2[index] / denominator, np.nan)
+            variance: FloatArray = np.where(denominator > 0, m2 / denominator, np.nan)
+        return variance
 
     def std(self, rows: npt.ArrayLike, ddof: int = 0) -> FloatArray:
         """Window standard deviation (see :meth:`variance`)."""
@@ -452,7 +456,6 @@ class SeriesTable:
         table._values[:size] = np.where(used, values, 0.0)
         table._ts[:size] = np.where(used, ts, 0)
         table._seen[:size] = seen
-        table._refresh(np.arange(size, dtype=np.int64))
         return table
 
 

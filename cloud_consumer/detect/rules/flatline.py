@@ -163,7 +163,7 @@ class StuckValueDetector:
     def _runs(self, frame: Frame, table: SeriesTable) -> tuple[BoolArray, IntArray]:
         """Whether the rule applies to each reading, and the start of the run it belongs to."""
         applies = self._applies[frame.channel]
-        previous, _ = table.last(frame.rows)  # NaN before a series' first reading
+        previous, _ = frame.last(table)  # NaN before a series' first reading
         continues = applies & (frame.value == previous)
         start: IntArray = np.where(continues, self._start.get(frame.rows), frame.ts_ms)
         return applies, start
@@ -246,7 +246,7 @@ class ZeroRunDetector:
         """Whether the rule applies, whether the value is zero, the start of the zero run."""
         applies = self._applies[frame.channel]
         zero = applies & (frame.value == 0)
-        previous, _ = table.last(frame.rows)  # NaN before a series' first reading
+        previous, _ = frame.last(table)  # NaN before a series' first reading
         start: IntArray = np.where(zero & (previous == 0), self._start.get(frame.rows), frame.ts_ms)
         return applies, zero, start
 
@@ -356,6 +356,21 @@ class LowVarianceDetector:
         self._count = _RowMatrix(np.int32, days)
         self._sum = _RowMatrix(np.float64, days)
         self._squares = _RowMatrix(np.float64, days)
+        # Cache, not state (never saved: a pure function of the buckets): per row, the day for
+        # which it holds and the count, sum and squares of the window's other days. Those days
+        # are complete once a series has a reading of the next day (series arrive in time
+        # order), so the window costs O(days) once per row per day, O(1) per reading otherwise.
+        self._rest_day = RowValues(np.int64, -1)
+        self._rest = (RowValues(np.float64), RowValues(np.float64), RowValues(np.float64))
+        self._last: tuple[Frame, _Step] | None = None
+
+    def _step(self, frame: Frame, table: SeriesTable, index: IntArray) -> _Step:
+        """The frame's :class:`_Step`, computed once for ``score`` and ``learn`` of a frame."""
+        if self._last is not None and self._last[0] is frame:
+            return self._last[1]
+        step = _Step(self, frame, table, index)
+        self._last = (frame, step)
+        return step
 
     def _state(self) -> tuple[RowValues, RowValues, _RowMatrix, _RowMatrix, _RowMatrix, _RowMatrix]:
         return self._first, self._shift, self._day, self._count, self._sum, self._squares
@@ -369,7 +384,7 @@ class LowVarianceDetector:
         holds = np.zeros(size, dtype=np.bool_)
         index = np.flatnonzero(self._applies[frame.channel])
         if index.size:
-            step = _Step(self, frame, table, index)
+            step = self._step(frame, table, index)
             n, total, squares = step.window()
             centre = total / n
             deviation = np.sqrt(np.maximum(squares / n - centre * centre, 0.0))
@@ -398,9 +413,14 @@ class LowVarianceDetector:
         index = np.flatnonzero(self._applies[frame.channel])
         if not index.size:
             return
-        step = _Step(self, frame, table, index)
+        step = self._step(frame, table, index)
+        self._last = None
         rows, slot = step.rows, step.slot
         new = step.new
+        if step.rest is not None:
+            self._rest_day.set(rows, step.day)
+            for cache, values in zip(self._rest, step.rest, strict=True):
+                cache.set(rows, values)
         self._first.set(rows[new], step.ts[new])
         self._shift.set(rows[new], step.shift[new])
         self._day.put(rows, slot, step.day)
@@ -425,6 +445,8 @@ class LowVarianceDetector:
         self._first = _load_row_values(np.int64, first)
         self._shift = _load_row_values(np.float64, shift)
         self._day, self._count, self._sum, self._squares = matrices
+        self._rest_day = RowValues(np.int64, -1)
+        self._last = None
 
 
 class _Step:
@@ -454,27 +476,53 @@ class _Step:
         self.bucket_squares = (
             np.where(same, rule._squares.cells(rows, slot), 0.0) + deviation * deviation
         )
+        self.rest: tuple[FloatArray, FloatArray, FloatArray] | None = None
 
     def window(self) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Count, sum and sum of squares (of ``value - shift``) over the window with the reading.
 
-        The other buckets of the window hold days ``(day - days, day]``, the reading's own slot
-        excepted (its bucket after the reading is ``bucket_*``); they are added in slot order, a
-        fixed summation order, so the result does not depend on batching.
+        The reading's bucket (``bucket_*``) plus the window's other days (:meth:`_rest`).
+        """
+        rest_n, rest_s, rest_q = self._rest()
+        n: FloatArray = self.bucket_count.astype(np.float64) + rest_n
+        s: FloatArray = self.bucket_sum + rest_s
+        q: FloatArray = self.bucket_squares + rest_q
+        return n, s, q
+
+    def _rest(self) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Count, sum and squares of the window's other days, from the cache where it is valid.
+
+        The other buckets hold days ``(day - days, day)``; they are added in slot order, a fixed
+        summation order, so the result does not depend on batching or on the cache.
         """
         rule, rows, day = self.rule, self.rows, self.day
+        cached = rule._rest_day.get(rows) == day
+        n, s, q = (np.where(cached, cache.get(rows), 0.0) for cache in rule._rest)
+        found: tuple[FloatArray, FloatArray, FloatArray] = (n, s, q)
+        stale = np.flatnonzero(~cached)
+        if stale.size:
+            fresh = self._sum_buckets(rows[stale], day[stale], self.slot[stale])
+            for target, values in zip(found, fresh, strict=True):
+                target[stale] = values
+        self.rest = found
+        return found
+
+    def _sum_buckets(
+        self, rows: IntArray, day: IntArray, slot: IntArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        rule = self.rule
         days = rule.config.days
         bucket_day = rule._day.get(rows)
         bucket_count = rule._count.get(rows)
         inside = (bucket_count > 0) & (bucket_day > (day - days)[:, None])
-        inside &= bucket_day <= day[:, None]
-        inside[np.arange(rows.size), self.slot] = False
+        inside &= bucket_day < day[:, None]
+        inside[np.arange(rows.size), slot] = False
         count = np.where(inside, bucket_count, 0).astype(np.float64)
         total = np.where(inside, rule._sum.get(rows), 0.0)
         squares = np.where(inside, rule._squares.get(rows), 0.0)
-        n: FloatArray = self.bucket_count.astype(np.float64)
-        s: FloatArray = self.bucket_sum
-        q: FloatArray = self.bucket_squares
+        n = np.zeros(rows.size)
+        s = np.zeros(rows.size)
+        q = np.zeros(rows.size)
         for column in range(days):
             n = n + count[:, column]
             s = s + total[:, column]

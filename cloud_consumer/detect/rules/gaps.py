@@ -66,7 +66,7 @@ class MissingDataDetector:
 
     def score(self, frame: Frame, table: SeriesTable) -> Scores:
         config = self.config
-        _, previous = table.last(frame.rows)
+        _, previous = frame.last(table)
         known = previous >= 0
         gap = np.where(known, frame.ts_ms - previous, 0)
         holds = known & (gap >= config.min_gap_ms)
@@ -168,7 +168,7 @@ class Interpolator:
     def fill(self, frame: Frame, table: SeriesTable) -> Estimates:
         """Estimates for the gaps each reading of ``frame`` closes (before the table learns it)."""
         config = self.config
-        (previous, last_ts), (_, before_ts) = table.last(frame.rows), table.last(frame.rows, 1)
+        (previous, last_ts), (_, before_ts) = frame.last(table), table.last(frame.rows, 1)
         gap = frame.ts_ms - last_ts
         cadence = last_ts - before_ts
         fills = (

@@ -67,7 +67,7 @@ class SpikeDetector:
 
     def score(self, frame: Frame, table: SeriesTable) -> Scores:
         config = self.config
-        previous, _ = table.last(frame.rows)  # NaN for a series' first reading
+        previous, _ = frame.last(table)  # NaN for a series' first reading
         change = (frame.value - previous) / np.maximum(np.abs(previous), config.eps)
         rate = np.abs(change)
         holds = (rate > config.rise) | ((previous > 0) & (frame.value < config.drop * previous))

@@ -279,7 +279,7 @@ class ReverseFlowDetector:
         config = self.config
         flow = frame.channel == _FLOW
         volume = frame.channel == _VOLUME
-        last, _ = table.last(frame.rows)  # NaN for a series' first reading
+        last, _ = frame.last(table)  # NaN for a series' first reading
         previous = np.where(volume, last, np.nan)
         holds = (flow & (frame.value < -config.flow_tolerance)) | (
             volume & (frame.value < previous - config.volume_tolerance)

@@ -1,0 +1,945 @@
+"""Detection bench: wire decode + validation + every rule, end to end, beside a naive Python loop.
+
+    .venv/bin/python bench/detect_bench.py [--meters 10000,1000000] [--repeat 3] [--quick]
+        [--naive-meters 20000] [--no-profile]
+
+Workload (live gateway traffic, the path a Kinesis consumer sees):
+
+* a fleet of --meters meters, one series each, in gateways of 1,000 meters; every poll a gateway
+  sends ONE wire message of 1,000 window rows (``window_s`` 60, count 60, min/max/mean/last; the
+  engine reads ``mean``), so every batch holds one reading per series, at a 60 s cadence
+  (``start_ms`` = T0 + step * 60 s, ``now_ms`` = window end + 5 s). Messages are plain JSON
+  (the edge agent's default), ~64 KB each, encoded before any timing;
+* power meters in kW (3 decimals), every tenth in W (whole watts: the validator converts), 2 %
+  water meters on ``flow`` (L/min, every other one in m3/h: converted); values are a per-meter
+  level with 5 % Gaussian noise, so the robust z-score fires now and then on its own;
+* planted faults, the same local meters in every gateway (11 per 1,000): a x20 spike every 10
+  polls (spike, then drop), an 8-poll run at 25 kW (overload), gateway clocks 5 h / 25 h / 49 h /
+  8 days / 40 min behind that NTP fixes on the second timed poll (missing_short; missing_extended
+  with a frozen register -> stuck_value, with zeros -> zero_run, with a flat signal ->
+  low_variance; a 40 min gap -> interpolated estimates and a burst at 45 L/min), a stuck clock
+  (backdated, rejected), a clock 1 h ahead (future, rejected), a water meter replaying an hourly
+  backlog (late; continuous_flow once it has 24 h of it), backflow every 10 polls (reverse_flow);
+* sizes: up to 100,000 meters, 60 warm-up polls (full windows) then 30 timed polls; above, 10
+  warm-up polls (windows of 10: the robust z-score already judges every reading, so its sort
+  costs what it costs at steady state) then 3 timed polls. Warm-up batches go to the engine as
+  ReadingColumns (untimed); each run starts from a deep copy of the warmed engine.
+
+Figures (medians of --repeat runs, process pinned to one core; the machine is shared and noisy):
+
+1. end to end: readings/s for decode (``meterlink_wire.decode`` of every message, joined into
+   ReadingColumns by ``cloud_consumer.replay_input._WireChunk``, exactly as the replay reader
+   does) + ``Engine.process`` (``DetectSettings().build_engine()``: validator, all 11 rules,
+   interpolator); the split in seconds; beside the target (>= 1,000,000 readings/s);
+2. join: ``_WireChunk``'s join (a global meter-id dict, one ``setdefault`` per id per message)
+   against concatenating the messages' meter dictionaries with index offsets, on the same
+   decoded batches (equal columns here: each meter is in one message per poll);
+3. naive: a per-reading Python implementation of the same validation and rules (a deque of the
+   last 60 values per meter-channel, ``statistics.median`` for the robust z-score, plain floats
+   and counters for the runs and day buckets, the same episode open/resolve logic), fed the same
+   messages (``orjson.loads`` + a loop over the rows; no wire validation beyond that), warmed up
+   on the same readings. Above --naive-meters it runs on the first gateways only (its state for
+   1,000,000 series would take ~3 GB; its cost per reading is the median sorts, not the dict),
+   which flatters it a little (smaller dict, better cache). Ratio = engine / naive; target 20x;
+4. agreement: alerts per rule, quality score sum, rejected readings and interpolated estimates
+   over the timed polls, engine (restricted to the naive's meters) beside naive: they must match;
+5. memory: state bytes per meter-channel at window 60 (``engine.table.nbytes`` + every
+   detector's per-row arrays + the episode trackers' arrays, over series; allocated capacity,
+   so doubling slack counts), plus the RSS growth of the warm-up at the largest size and
+   tracemalloc of a 10,000-meter engine (Python keys and dicts included); target <= 2 KB;
+6. profile: cProfile of one decode + process pass per size (outside the timed runs): the top 8
+   functions by cumulative time, and the engine's stages (decode, join, validation, rows,
+   each detector's score + learn, interpolation, table update, episodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import copy
+import gc
+import math
+import os
+import pstats
+import statistics
+import sys
+import time
+import tracemalloc
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from cloud_consumer.detect import quality as quality_module
+from cloud_consumer.detect.config import DetectSettings
+from cloud_consumer.detect.engine import Detection, Engine
+from cloud_consumer.detect.episodes import EpisodeTracker
+from cloud_consumer.detect.rules.gaps import Interpolator
+from cloud_consumer.detect.state import SeriesTable, series_order
+from cloud_consumer.detect.validate import REJECTIONS, Validator
+from cloud_consumer.replay_input import ReadingColumns, _WireChunk
+from meterlink_wire import Channel, Kind, ReadingBatch, Unit, decode, encode
+from meterlink_wire.codec import DEFAULT_MAX_BYTES
+
+T0 = 1_764_201_600_000  # 2025-11-27T00:00:00Z: a day boundary
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+CADENCE_MS = MINUTE_MS
+LATENCY_MS = 5_000  # processed 5 s after the window closes
+GATEWAY_METERS = 1_000  # rows per wire message
+WINDOW = 60
+SMALL = 100_000  # fleets up to this size get full windows and 30 timed polls
+TARGET_RATE = 1_000_000
+TARGET_RATIO = 20.0
+TARGET_BYTES = 2_048
+ROOT = Path(__file__).resolve().parent.parent
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+# Plants: local index (within a gateway) of the meter carrying each fault.
+SPIKE, OVERLOAD, GAP_5H, FROZEN_25H, ZEROS_49H, FLAT_8D, STUCK_CLOCK, FAST_CLOCK = range(1, 9)
+BURST, BACKLOG, BACKFLOW = 200, 250, 300  # water meters (local % 50 == 0)
+
+
+def now_ms(step: int) -> int:
+    """Server time when poll ``step`` is processed."""
+    return T0 + (step + 1) * CADENCE_MS + LATENCY_MS
+
+
+# --- workload ---------------------------------------------------------------------------------
+
+
+class Fleet:
+    """Meters, their channels/units/levels, and the readings of each poll (see module docstring)."""
+
+    def __init__(self, meters: int, correction: int, seed: int = 7) -> None:
+        self.meters = meters
+        self.correction = correction  # the poll at which lagging gateway clocks are fixed
+        self.seed = seed
+        self.local = np.arange(meters) % GATEWAY_METERS
+        water = self.local % 50 == 0
+        self.channel = np.where(water, Channel.FLOW, Channel.POWER).astype(np.uint8)
+        unit = np.full(meters, Unit.KW, dtype=np.uint8)
+        unit[~water & (self.local % 10 == 9)] = Unit.W
+        unit[water] = Unit.L_PER_MIN
+        unit[water & (self.local % 100 == 0)] = Unit.M3_PER_H
+        self.unit = unit
+        # canonical -> wire unit factor, and the meter's resolution (10**decimals)
+        self.to_wire = np.ones(meters)
+        self.to_wire[unit == Unit.W] = 1000.0
+        self.to_wire[unit == Unit.M3_PER_H] = 0.06
+        self.resolution = np.full(meters, 1000.0)
+        self.resolution[unit == Unit.W] = 1.0
+        self.resolution[unit == Unit.L_PER_MIN] = 100.0
+        self.resolution[unit == Unit.M3_PER_H] = 10_000.0
+        self.ids = tuple(
+            f"{'water' if w else 'elec'}-{i:07d}" for i, w in enumerate(water.tolist())
+        )
+        rng = np.random.default_rng(seed)
+        self.base = np.where(
+            water, rng.uniform(2.0, 8.0, meters), np.clip(rng.gamma(2.0, 0.75, meters), 0.2, 10.0)
+        )
+
+    def _at(self, local: int) -> IntArray:
+        return np.flatnonzero(self.local == local)
+
+    def readings(self, step: int) -> tuple[IntArray, FloatArray, FloatArray, FloatArray]:
+        """(start_ms, wire value, wire min, wire max) of every meter at poll ``step``."""
+        rng = np.random.default_rng([self.seed, step])
+        noise = rng.standard_normal(self.meters)
+        value = self.base * (1.0 + 0.05 * noise)  # canonical units (kW, L/min)
+        ts = np.full(self.meters, T0 + step * CADENCE_MS, dtype=np.int64)
+        late = step < self.correction
+        if step % 10 == 1:
+            value[self._at(SPIKE)] *= 20.0
+        if 5 <= step % 20 <= 12:
+            value[self._at(OVERLOAD)] = 25.0 + np.abs(noise[self._at(OVERLOAD)])
+        value[self._at(FROZEN_25H)] = 2.5
+        value[self._at(ZEROS_49H)] = 0.0
+        value[self._at(FLAT_8D)] = 2.0 if step % 2 else 2.001
+        value[self._at(BURST)] = 45.0 if step >= self.correction - 5 else 3.0
+        if step % 30 == 29:
+            value[self._at(BACKLOG)] = 0.0
+        if step % 10 == 7:
+            value[self._at(BACKFLOW)] = -1.5
+        for local, behind in (
+            (GAP_5H, 5 * HOUR_MS),
+            (FROZEN_25H, 25 * HOUR_MS),
+            (ZEROS_49H, 49 * HOUR_MS),
+            (FLAT_8D, 8 * DAY_MS),
+            (BURST, 40 * MINUTE_MS),
+        ):
+            if late:
+                ts[self._at(local)] -= behind
+        ts[self._at(STUCK_CLOCK)] = T0
+        ts[self._at(FAST_CLOCK)] += HOUR_MS
+        ts[self._at(BACKLOG)] = T0 - 200 * HOUR_MS + step * HOUR_MS
+        wire = value * self.to_wire
+        scale = self.resolution
+        rounded = np.rint(wire * scale) / scale
+        low = np.rint(np.minimum(0.9 * wire, 1.1 * wire) * scale) / scale
+        high = np.rint(np.maximum(0.9 * wire, 1.1 * wire) * scale) / scale
+        return ts, rounded, np.minimum(low, rounded), np.maximum(high, rounded)
+
+    def columns(self, step: int, upto: int | None = None) -> ReadingColumns:
+        """Poll ``step`` as the decoder + join would give it (meters in order), first ``upto``."""
+        ts, value, _, _ = self.readings(step)
+        n = self.meters if upto is None else upto
+        return ReadingColumns(
+            meter_ids=self.ids[:n],
+            meter=np.arange(n, dtype=np.int32),
+            channel=self.channel[:n],
+            unit=self.unit[:n],
+            ts_ms=ts[:n],
+            value=value[:n],
+            count=np.full(n, 60, dtype=np.int64),
+        )
+
+    def messages(self, step: int) -> list[bytes]:
+        """Poll ``step`` as one encoded wire message per gateway."""
+        ts, value, low, high = self.readings(step)
+        out = []
+        for gateway, begin in enumerate(range(0, self.meters, GATEWAY_METERS)):
+            rows = slice(begin, min(begin + GATEWAY_METERS, self.meters))
+            size = rows.stop - begin
+            batch = ReadingBatch(
+                gateway_id=f"gw-{gateway:05d}",
+                sequence=step,
+                sent_ms=now_ms(step) - LATENCY_MS // 2,
+                window_s=60,
+                kind=Kind.TELEMETRY,
+                meters=self.ids[rows],
+                meter=np.arange(size),
+                channel=self.channel[rows],
+                unit=self.unit[rows],
+                start_ms=ts[rows],
+                count=np.full(size, 60),
+                min=low[rows],
+                max=high[rows],
+                mean=value[rows],
+                last=value[rows],
+            )
+            data = encode(batch)
+            assert len(data) <= DEFAULT_MAX_BYTES
+            out.append(data)
+        return out
+
+
+def join_wire_chunk(messages: Sequence[bytes]) -> ReadingColumns:
+    """Decode and join messages exactly as the replay reader does."""
+    chunk = _WireChunk()
+    for data in messages:
+        chunk.add(data)
+    columns, _ = chunk.take()
+    return columns
+
+
+def join_replay_style(batches: Sequence[ReadingBatch]) -> ReadingColumns:
+    """``_WireChunk``'s join (add + take) over already decoded batches, to time the join alone."""
+    ids: dict[str, int] = {}
+    meter, channel, unit, ts, value, count = [], [], [], [], [], []
+    for batch in batches:
+        remap = np.array([ids.setdefault(m, len(ids)) for m in batch.meters], np.int32)
+        meter.append(remap[batch.meter] if len(batch) else np.empty(0, np.int32))
+        channel.append(batch.channel)
+        unit.append(batch.unit)
+        ts.append(batch.start_ms)
+        value.append(batch.last if batch.window_s == 0 else batch.mean)
+        count.append(batch.count)
+    return ReadingColumns(
+        meter_ids=tuple(ids),
+        meter=np.concatenate(meter).astype(np.int32, copy=False),
+        channel=np.concatenate(channel).astype(np.uint8, copy=False),
+        unit=np.concatenate(unit).astype(np.uint8, copy=False),
+        ts_ms=np.concatenate(ts).astype(np.int64, copy=False),
+        value=np.concatenate(value).astype(np.float64, copy=False),
+        count=np.concatenate(count).astype(np.int64, copy=False),
+    )
+
+
+def join_offsets(batches: Sequence[ReadingBatch]) -> ReadingColumns:
+    """Join by concatenating meter dictionaries with index offsets (no per-id Python work).
+
+    A meter in two messages of one chunk appears twice in ``meter_ids``; the engine maps both
+    entries to one row (``SeriesTable.rows_for`` resolves rows by name), so results are equal.
+    """
+    ids: list[str] = []
+    meter = []
+    for batch in batches:
+        meter.append(batch.meter + np.int32(len(ids)))
+        ids.extend(batch.meters)
+    return ReadingColumns(
+        meter_ids=tuple(ids),
+        meter=np.concatenate(meter),
+        channel=np.concatenate([b.channel for b in batches]),
+        unit=np.concatenate([b.unit for b in batches]),
+        ts_ms=np.concatenate([b.start_ms for b in batches]),
+        value=np.concatenate([b.last if b.window_s == 0 else b.mean for b in batches]),
+        count=np.concatenate([b.count for b in batches]),
+    )
+
+
+def same_columns(a: ReadingColumns, b: ReadingColumns) -> bool:
+    return a.meter_ids == b.meter_ids and all(
+        np.array_equal(getattr(a, name), getattr(b, name))
+        for name in ("meter", "channel", "unit", "ts_ms", "value")
+    )
+
+
+# --- the naive implementation -------------------------------------------------------------------
+
+POWER, FLOW, VOLUME, TAMPER = (int(c) for c in (Channel.POWER, Channel.FLOW, Channel.VOLUME,
+                                                 Channel.TAMPER))  # fmt: skip
+CHANNEL_CODE = {c.wire_name: int(c) for c in Channel}
+UNIT_CODE = {u.wire_name: int(u) for u in Unit}
+# (channel, unit) -> factor to the channel's canonical unit (validate.py's table, written out).
+SCALE: dict[tuple[int, int], float] = {}
+for _channel, _units in {
+    Channel.ENERGY_IMPORT: {Unit.KWH: 1.0, Unit.WH: 1e-3, Unit.MWH: 1e3},
+    Channel.ENERGY_EXPORT: {Unit.KWH: 1.0, Unit.WH: 1e-3, Unit.MWH: 1e3},
+    Channel.POWER: {Unit.KW: 1.0, Unit.W: 1e-3, Unit.MW: 1e3},
+    Channel.REACTIVE_POWER: {Unit.KVAR: 1.0, Unit.VAR: 1e-3},
+    Channel.VOLTAGE: {Unit.V: 1.0},
+    Channel.CURRENT: {Unit.A: 1.0},
+    Channel.FREQUENCY: {Unit.HZ: 1.0},
+    Channel.POWER_FACTOR: {Unit.RATIO: 1.0},
+    Channel.VOLUME: {Unit.M3: 1.0, Unit.L: 1e-3},
+    Channel.FLOW: {Unit.L_PER_MIN: 1.0, Unit.M3_PER_H: 1000.0 / 60.0},
+    Channel.TEMPERATURE: {Unit.DEG_C: 1.0},
+    Channel.PRESSURE: {Unit.KPA: 1.0, Unit.BAR: 100.0},
+    Channel.TAMPER: {Unit.FLAG: 1.0},
+}.items():
+    for _unit, _factor in _units.items():
+        SCALE[int(_channel), int(_unit)] = _factor
+INFERRED_CHANNELS = {int(Channel.POWER), int(Channel.ENERGY_IMPORT), int(Channel.ENERGY_EXPORT)}
+NON_NEGATIVE = {int(c) for c in (Channel.ENERGY_IMPORT, Channel.ENERGY_EXPORT, Channel.VOLUME,
+                                 Channel.VOLTAGE, Channel.CURRENT, Channel.FREQUENCY)}  # fmt: skip
+MAX_VALUE = {POWER: 20.0}
+MIN_TS_MS, MAX_FUTURE_MS, LATE_MS = 946_684_800_000, 300_000, 3_600_000
+# validation flag bits (validate.Flag)
+CONVERTED, INFERRED, AMBIGUOUS, NEGATIVE, ABOVE_MAX, LATE = 1, 2, 4, 8, 16, 32
+FUTURE, BAD_TIME, NOT_FINITE, MISMATCH = 64, 512, 1024, 2048
+REJECT = FUTURE | BAD_TIME | NOT_FINITE | MISMATCH
+WARNING_FLAGS = (AMBIGUOUS, NEGATIVE, ABOVE_MAX, LATE)
+# episode rules, in order; the first two are rate-of-change rules, the rest faults
+EPISODE_RULES = (
+    "spike", "spike_robust_z", "overload", "stuck_value", "zero_run", "low_variance",
+    "continuous_flow", "burst", "reverse_flow",
+)  # fmt: skip
+LOW_VARIANCE_DAYS = 7
+
+
+class NaiveSeries:
+    """Everything the naive implementation keeps for one (meter, channel)."""
+
+    __slots__ = (
+        "active", "burst_start", "counts", "days", "first_ts", "hour", "hour_min", "hour_run",
+        "last_ts", "opened", "prev_ts", "run", "shift", "squares", "stuck_start", "sums",
+        "values", "zero_start",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.values: deque[float] = deque(maxlen=WINDOW)
+        self.last_ts = -1
+        self.prev_ts = -1
+        self.run = 0
+        self.stuck_start = 0
+        self.zero_start = 0
+        self.first_ts = 0
+        self.shift = 0.0
+        self.days = [0] * LOW_VARIANCE_DAYS
+        self.counts = [0] * LOW_VARIANCE_DAYS
+        self.sums = [0.0] * LOW_VARIANCE_DAYS
+        self.squares = [0.0] * LOW_VARIANCE_DAYS
+        self.hour = -1
+        self.hour_min = 0.0
+        self.hour_run = 0
+        self.burst_start = -1
+        self.active = [False] * len(EPISODE_RULES)
+        self.opened = [0] * len(EPISODE_RULES)
+
+
+@dataclass
+class Tally:
+    """What the timed polls produced (engine or naive), for the agreement check."""
+
+    alerts: Counter[str] = field(default_factory=Counter)
+    quality: int = 0
+    rejected: int = 0
+    estimates: int = 0
+
+    def key(self) -> tuple[dict[str, int], int, int, int]:
+        return dict(self.alerts), self.quality, self.rejected, self.estimates
+
+
+class Naive:
+    """Per-reading Python implementation of validation + the default rules + episodes."""
+
+    def __init__(self) -> None:
+        self.series: dict[tuple[str, int], NaiveSeries] = {}
+        self.alerts: list[tuple[str, str, int, int, int | None]] = []
+        self.estimates: list[tuple[str, int, int, float, int]] = []
+        self.tally = Tally()
+
+    def feed_message(self, data: bytes, now: int) -> None:
+        document = orjson.loads(data)
+        meters = document["meters"]
+        channels = [CHANNEL_CODE[name] for name in document["channels"]]
+        units = [UNIT_CODE[name] for name in document["units"]]
+        rows = document["rows"]
+        values = rows["last"] if document["window_s"] == 0 else rows["mean"]
+        for m, c, u, ts, v in zip(
+            rows["meter"], rows["channel"], rows["unit"], rows["start_ms"], values, strict=True
+        ):
+            self.reading(meters[m], channels[c], units[u], ts, float(v), now)
+
+    def feed_columns(self, columns: ReadingColumns, now: int) -> None:
+        ids = columns.meter_ids
+        for m, c, u, ts, v in zip(
+            columns.meter.tolist(),
+            columns.channel.tolist(),
+            columns.unit.tolist(),
+            columns.ts_ms.tolist(),
+            columns.value.tolist(),
+            strict=True,
+        ):
+            self.reading(ids[m], c, u, ts, v, now)
+
+    def reading(  # noqa: PLR0912, PLR0915  # one straight-line function, on purpose
+        self, meter_id: str, channel: int, unit: int, ts: int, raw: float, now: int
+    ) -> None:
+        tally = self.tally
+        # validation
+        flags = 0
+        if not math.isfinite(raw):
+            flags |= NOT_FINITE
+        if ts < MIN_TS_MS:
+            flags |= BAD_TIME
+        if ts > now + MAX_FUTURE_MS:
+            flags |= FUTURE
+        if ts < now - LATE_MS:
+            flags |= LATE
+        value = raw
+        if unit:
+            scale = SCALE.get((channel, unit))
+            if scale is None:
+                flags |= MISMATCH
+            else:
+                if scale != 1.0:
+                    flags |= CONVERTED
+                value = raw * scale
+        else:
+            flags |= INFERRED
+            if channel in INFERRED_CHANNELS:
+                magnitude = abs(raw)
+                if magnitude > 1000.0:
+                    value = raw * 1e-3
+                elif magnitude >= 10.0:
+                    flags |= AMBIGUOUS
+        if value < 0 and channel in NON_NEGATIVE:
+            flags |= NEGATIVE
+        if value > MAX_VALUE.get(channel, math.inf):
+            flags |= ABOVE_MAX
+        if flags & REJECT:
+            tally.rejected += 1
+            return
+        key = (meter_id, channel)
+        s = self.series.get(key)
+        if s is None:
+            s = self.series[key] = NaiveSeries()
+        if ts <= s.last_ts:  # backdated
+            tally.rejected += 1
+            return
+        window = s.values
+        seen = len(window) > 0
+        prev = window[-1] if seen else math.nan
+        holds = [False] * len(EPISODE_RULES)
+        # spike and drop against the previous reading
+        if seen:
+            change = (value - prev) / max(abs(prev), 1e-9)
+            holds[0] = abs(change) > 5.0 or (prev > 0 and value < 0.1 * prev)
+        # robust z-score against the window
+        if len(window) >= 10:
+            median = statistics.median(window)
+            mad = statistics.median([abs(x - median) for x in window])
+            if mad > 0:
+                holds[1] = abs(value - median) / (1.4826 * mad) > 3.5
+        # overload run
+        s.run = s.run + 1 if channel == POWER and value > 20.0 else 0
+        holds[2] = s.run >= 6
+        # stuck value
+        if channel != TAMPER:
+            start = s.stuck_start if value == prev else ts
+            holds[3] = value != 0 and ts - start >= DAY_MS
+            s.stuck_start = start
+        if channel in (POWER, FLOW):
+            # zero run
+            if value == 0:
+                start = s.zero_start if prev == 0 else ts
+                holds[4] = ts - start >= 2 * DAY_MS
+                s.zero_start = start
+            # low variance: daily buckets of (count, sum, sum of squares) of value - shift
+            if not seen:
+                s.first_ts, s.shift = ts, value + 0.0
+            deviation = value - s.shift
+            day = ts // DAY_MS
+            slot = day % LOW_VARIANCE_DAYS
+            same = s.days[slot] == day and s.counts[slot] > 0
+            count = (s.counts[slot] if same else 0) + 1
+            total = (s.sums[slot] if same else 0.0) + deviation + 0.0
+            squares = (s.squares[slot] if same else 0.0) + deviation * deviation
+            s.days[slot], s.counts[slot], s.sums[slot], s.squares[slot] = (
+                day, count, total, squares
+            )  # fmt: skip
+            for k in range(LOW_VARIANCE_DAYS):
+                if k != slot and s.counts[k] > 0 and day - LOW_VARIANCE_DAYS < s.days[k] <= day:
+                    count += s.counts[k]
+                    total += s.sums[k]
+                    squares += s.squares[k]
+            centre = total / count
+            std = math.sqrt(max(squares / count - centre * centre, 0.0))
+            level = s.shift + centre
+            holds[5] = (
+                ts - s.first_ts >= LOW_VARIANCE_DAYS * DAY_MS
+                and level != 0
+                and std / abs(level) < 0.01
+            )
+        if channel == FLOW:
+            # continuous flow: consecutive clock hours whose minimum flow was > 0
+            hour = ts // HOUR_MS
+            if hour > s.hour:
+                flowing = s.hour_min > 0 and hour == s.hour + 1
+                s.hour_run = s.hour_run + 1 if flowing else 0
+                s.hour_min = value + 0.0
+                s.hour = hour
+            else:
+                s.hour_min = min(s.hour_min, value) + 0.0
+            holds[6] = s.hour_run >= 24 and s.hour_min > 0
+            # burst: flow >= 30 L/min for 30 minutes
+            if value >= 30.0:
+                if s.burst_start < 0:
+                    s.burst_start = ts
+                holds[7] = ts - s.burst_start >= 30 * MINUTE_MS
+            else:
+                s.burst_start = -1
+            holds[8] = value < -0.0
+        elif channel == VOLUME:
+            holds[8] = value < prev - 0.001
+        # gaps (retrospective alerts) and interpolation of short ones
+        if s.last_ts >= 0:
+            gap = ts - s.last_ts
+            if gap >= 4 * HOUR_MS:
+                rule = "missing_short" if gap < DAY_MS else "missing_extended"
+                self.alerts.append((rule, meter_id, channel, s.last_ts, ts))
+                tally.alerts[rule] += 1
+            cadence = s.last_ts - s.prev_ts
+            if s.prev_ts >= 0 and cadence > 0 and 1.5 * cadence < gap < 4 * HOUR_MS:
+                points = max(min(round(gap / cadence) - 1, 240), 1)
+                score = max(100 - 10 * -(-gap // HOUR_MS), 0)
+                for k in range(1, points + 1):
+                    fraction = k / (points + 1)
+                    self.estimates.append(
+                        (meter_id, channel, s.last_ts + int(gap * fraction),
+                         prev + (value - prev) * fraction, score)
+                    )  # fmt: skip
+                tally.estimates += points
+        # episodes
+        active, opened = s.active, s.opened
+        for k, rule in enumerate(EPISODE_RULES):
+            if holds[k] and not active[k]:
+                active[k], opened[k] = True, ts
+                self.alerts.append((rule, meter_id, channel, ts, None))
+                tally.alerts[rule] += 1
+            elif active[k] and not holds[k]:
+                active[k] = False
+                self.alerts.append((rule, meter_id, channel, opened[k], ts))
+                tally.alerts[rule] += 1
+        # quality score
+        penalty = 5 if flags & (CONVERTED | INFERRED) else 0
+        for flag in WARNING_FLAGS:
+            if flags & flag:
+                penalty += 15
+        if holds[0] or holds[1]:
+            penalty += 20
+        if any(holds[2:]):
+            penalty += 30
+        tally.quality += min(max(100 - penalty, 0), 100)
+        # the window learns the reading
+        window.append(value)
+        s.prev_ts, s.last_ts = s.last_ts, ts
+
+
+# --- measurement helpers -------------------------------------------------------------------------
+
+
+def clone(engine: Engine) -> Engine:
+    """A deep copy of a warmed engine (the validator, read-only, is shared)."""
+    copied: Engine = copy.deepcopy(engine, {id(engine.validator): engine.validator})
+    return copied
+
+
+def tally_engine(tally: Tally, engine: Engine, detection: Detection, subset: int) -> None:
+    """Add a batch's results for the first ``subset`` meters (readings are in meter order).
+
+    Meter ids end in the meter's fleet index (``elec-0001234``), which says whether it is one of
+    the first ``subset``.
+    """
+
+    def counted(meter_id: str) -> bool:
+        return int(meter_id.rsplit("-", 1)[1]) < subset
+
+    for alert in detection.alerts:
+        if counted(alert.meter_id):
+            tally.alerts[alert.rule] += 1
+    tally.quality += int(detection.quality[:subset].sum(dtype=np.int64))
+    tally.rejected += int(np.count_nonzero(detection.flags[:subset] & REJECTIONS))
+    keys = engine.table.key_of(detection.estimates.rows)
+    tally.estimates += sum(1 for meter_id, _ in keys if counted(meter_id))
+
+
+def state_bytes(engine: Engine) -> tuple[int, int, int]:
+    """(table, detectors, trackers) bytes of numpy state."""
+
+    def nbytes(value: object) -> int:
+        if isinstance(value, np.ndarray):
+            return int(value.nbytes)
+        size = getattr(value, "nbytes", None)
+        return size if isinstance(size, int) else 0
+
+    detectors = sum(nbytes(v) for d in engine.detectors for v in vars(d).values())
+    trackers = sum(t._active.nbytes + t._opened.nbytes for t in engine.trackers)
+    return engine.table.nbytes, detectors, trackers
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def traced_bytes(meters: int, warm: int) -> tuple[float, int]:
+    """tracemalloc bytes per series of an engine warmed on ``meters`` meters, and its capacity."""
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    fleet = Fleet(meters, correction=warm + 1)
+    engine = DetectSettings().build_engine()
+    for step in range(warm):
+        engine.process(fleet.columns(step), now_ms=now_ms(step))
+    del fleet  # the table keeps its own references to the ids
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return used / len(engine.table), engine.table.capacity
+
+
+# --- profile -------------------------------------------------------------------------------------
+
+
+def _key(function: Callable[..., Any]) -> tuple[str, int, str]:
+    code = function.__code__
+    return code.co_filename, code.co_firstlineno, code.co_name
+
+
+def _where(key: tuple[str, int, str]) -> str:
+    filename, line, name = key
+    path = Path(filename)
+    if path.is_relative_to(ROOT):
+        return f"{path.relative_to(ROOT)}:{line}({name})"
+    if filename == "~":
+        return name
+    return f"{'/'.join(path.parts[-2:])}:{line}({name})"
+
+
+def profile(engine: Engine, polls: Sequence[tuple[int, list[bytes]]]) -> None:
+    """cProfile one decode + process pass and print the top functions and the engine's stages."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for step, messages in polls:
+        engine.process(join_wire_chunk(messages), now_ms=now_ms(step))
+    profiler.disable()
+    stats: dict[tuple[str, int, str], tuple[Any, ...]] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    own = _key(profile), _key(join_wire_chunk)
+    total = max(row[3] for key, row in stats.items() if key not in own)
+    ranked = sorted(
+        (row[3], row[2], row[1], key)
+        for key, row in stats.items()
+        if key not in own and "disable" not in key[2]
+    )[::-1]
+    print(f"    top 8 by cumulative time (total {total:.2f} s; tottime = own time):")
+    for cumulative, own_time, calls, key in ranked[:8]:
+        print(
+            f"      {cumulative:7.3f} s {100 * cumulative / total:5.1f} %  tottime "
+            f"{own_time:6.3f} s  {calls:>6} calls  {_where(key)}"
+        )
+
+    def cumulative(*functions: Callable[..., Any]) -> float:
+        return sum(stats[_key(f)][3] for f in functions if _key(f) in stats)
+
+    stages: list[tuple[str, float]] = [
+        ("wire decode (meterlink_wire.decode)", cumulative(decode)),
+        ("join (_WireChunk.add minus decode, take)",
+         cumulative(_WireChunk.add, _WireChunk.take) - cumulative(decode)),
+        ("validation (Validator.check)", cumulative(Validator.check)),
+        ("rows (SeriesTable.rows_for)", cumulative(SeriesTable.rows_for)),
+        ("ordering (series_order) + backdated",
+         cumulative(series_order, Validator.backdated)),
+    ]  # fmt: skip
+    for detector in engine.detectors:
+        kind = type(detector)
+        stages.append(
+            (f"{detector.name} score + learn", cumulative(kind.score, kind.learn))  # type: ignore[arg-type]
+        )
+    stages += [
+        ("interpolation (Interpolator.fill)", cumulative(Interpolator.fill)),
+        ("table update (SeriesTable.update)", cumulative(SeriesTable.update)),
+        ("episodes (EpisodeTracker.update)", cumulative(EpisodeTracker.update)),
+        ("quality score", cumulative(quality_module.score)),
+    ]
+    print("    stages (cumulative time; a rule's score/learn include the table reads they make):")
+    for name, seconds in stages:
+        print(f"      {seconds:7.3f} s {100 * seconds / total:5.1f} %  {name}")
+
+
+# --- one fleet size ------------------------------------------------------------------------------
+
+
+@dataclass
+class SizeResult:
+    meters: int
+    warm: int
+    timed: int
+    naive_meters: int
+    rate: float = 0.0
+    decode_s: float = 0.0
+    engine_s: float = 0.0
+    join_replay_s: float = 0.0
+    join_offsets_s: float = 0.0
+    naive_rate: float = 0.0
+    engine_tally: Tally = field(default_factory=Tally)
+    naive_tally: Tally = field(default_factory=Tally)
+    state: tuple[int, int, int] = (0, 0, 0)
+    series: int = 0
+    capacity: int = 0
+    rss_delta: int = 0
+
+
+def log(message: str) -> None:
+    print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_size(
+    meters: int, warm: int, timed: int, repeat: int, naive_cap: int, with_profile: bool
+) -> SizeResult:
+    fleet = Fleet(meters, correction=warm + 1)
+    gateways = -(-min(meters, naive_cap) // GATEWAY_METERS)
+    result = SizeResult(meters, warm, timed, min(meters, gateways * GATEWAY_METERS))
+    log(f"{meters:,} meters: encoding {timed} polls of {-(-meters // GATEWAY_METERS):,} messages")
+    polls = [(step, fleet.messages(step)) for step in range(warm, warm + timed)]
+    log(f"{meters:,} meters: warming up ({warm} polls)")
+    gc.collect()
+    rss_before = rss_bytes()
+    engine = DetectSettings().build_engine()
+    naive = Naive()
+    for step in range(warm):
+        columns = fleet.columns(step)
+        engine.process(columns, now_ms=now_ms(step))
+        naive.feed_columns(fleet.columns(step, result.naive_meters), now_ms(step))
+    del columns
+    gc.collect()
+    result.rss_delta = rss_bytes() - rss_before
+    result.state = state_bytes(engine)
+    result.series, result.capacity = len(engine.table), engine.table.capacity
+    naive.tally = Tally()
+    rates, decodes, engines, naive_rates, replay_joins, offset_joins = [], [], [], [], [], []
+    readings = sum(meters for _ in polls)
+    for run in range(repeat):
+        log(f"{meters:,} meters: run {run + 1}/{repeat}")
+        live = clone(engine)
+        tally = Tally()
+        gc.collect()
+        decode_s = engine_s = 0.0
+        for step, messages in polls:
+            start = time.perf_counter()
+            columns = join_wire_chunk(messages)
+            middle = time.perf_counter()
+            detection = live.process(columns, now_ms=now_ms(step))
+            end = time.perf_counter()
+            decode_s += middle - start
+            engine_s += end - middle
+            tally_engine(tally, live, detection, result.naive_meters)
+            if run == 0:
+                assert same_columns(columns, fleet.columns(step)), "decode + join != workload"
+        del live, detection, columns
+        rates.append(readings / (decode_s + engine_s))
+        decodes.append(decode_s)
+        engines.append(engine_s)
+        if run == 0:
+            result.engine_tally = tally
+        else:
+            assert tally.key() == result.engine_tally.key(), "engine results differ between runs"
+        # the join alone, both ways, on the decoded batches of the first timed poll
+        batches = [decode(data) for data in polls[0][1]]
+        start = time.perf_counter()
+        replay = join_replay_style(batches)
+        middle = time.perf_counter()
+        offsets = join_offsets(batches)
+        replay_joins.append(middle - start)
+        offset_joins.append(time.perf_counter() - middle)
+        if run == 0:
+            assert same_columns(replay, offsets), "offset join differs"
+        del batches, replay, offsets
+        # naive, from the same warm state, on the messages of its gateways
+        baseline = copy.deepcopy(naive)
+        gc.collect()
+        start = time.perf_counter()
+        for step, messages in polls:
+            for data in messages[:gateways]:
+                baseline.feed_message(data, now_ms(step))
+        naive_rates.append(result.naive_meters * len(polls) / (time.perf_counter() - start))
+        if run == 0:
+            result.naive_tally = baseline.tally
+        del baseline
+    result.rate = statistics.median(rates)
+    result.decode_s = statistics.median(decodes)
+    result.engine_s = statistics.median(engines)
+    result.naive_rate = statistics.median(naive_rates)
+    result.join_replay_s = statistics.median(replay_joins)
+    result.join_offsets_s = statistics.median(offset_joins)
+    if with_profile:
+        log(f"{meters:,} meters: profiling")
+        profiled = polls if meters <= SMALL else polls[:1]
+        print(
+            f"\nprofile at {meters:,} meters ({len(profiled)} poll(s) of {meters:,} readings, "
+            "cProfile, one pass, outside the timed runs):"
+        )
+        profile(clone(engine), profiled)
+    return result
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def report(results: list[SizeResult], repeat: int, traced: tuple[int, float, int] | None) -> None:
+    print(
+        f"\nend to end, one core, median of {repeat}: wire decode + join (_WireChunk) + "
+        "Engine.process (validation, 11 rules, interpolation)"
+    )
+    print(
+        f"{'meters':>10} {'timed polls':>17} {'readings/s':>11} {'decode s':>9} {'engine s':>9} "
+        f"{'decode/s':>10} {'engine/s':>10}   target >= {TARGET_RATE:,}/s"
+    )
+    for r in results:
+        readings = r.meters * r.timed
+        verdict = "met" if r.rate >= TARGET_RATE else f"NOT met ({r.rate / TARGET_RATE:.2f}x)"
+        print(
+            f"{r.meters:>10,} {f'{r.timed} x {r.meters:,}':>17} {r.rate:>11,.0f} "
+            f"{r.decode_s:>9.2f} {r.engine_s:>9.2f} {readings / r.decode_s:>10,.0f} "
+            f"{readings / r.engine_s:>10,.0f}   {verdict}"
+        )
+    print("\njoin of one poll's decoded messages (median): _WireChunk-style vs offset concat")
+    for r in results:
+        print(
+            f"{r.meters:>10,}   replay-style {1000 * r.join_replay_s:8.1f} ms   offsets "
+            f"{1000 * r.join_offsets_s:8.1f} ms   ({r.join_replay_s / r.join_offsets_s:.1f}x; "
+            f"same columns)"
+        )
+    print(
+        f"\nnaive per-reading Python (orjson.loads + a loop; deque(60) + statistics.median), "
+        f"median of {repeat}"
+    )
+    print(
+        f"{'meters':>10} {'naive meters':>13} {'naive/s':>10} {'engine/s':>11} {'ratio':>7}"
+        f"   target >= {TARGET_RATIO:.0f}x"
+    )
+    for r in results:
+        ratio = r.rate / r.naive_rate
+        verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
+        print(
+            f"{r.meters:>10,} {r.naive_meters:>13,} {r.naive_rate:>10,.0f} {r.rate:>11,.0f} "
+            f"{ratio:>6.1f}x   {verdict}"
+        )
+    print("\nagreement over the timed polls (engine restricted to the naive's meters):")
+    for r in results:
+        engine, naive = r.engine_tally, r.naive_tally
+        same = "AGREE" if engine.key() == naive.key() else "DIFFER"
+        print(
+            f"  {r.meters:,} meters ({r.naive_meters:,} compared): alerts engine "
+            f"{sum(engine.alerts.values()):,} naive {sum(naive.alerts.values()):,}; quality sum "
+            f"{engine.quality:,} / {naive.quality:,}; rejected {engine.rejected:,} / "
+            f"{naive.rejected:,}; estimates {engine.estimates:,} / {naive.estimates:,}: {same}"
+        )
+        rules = sorted(set(engine.alerts) | set(naive.alerts))
+        print("    " + "  ".join(f"{rule} {engine.alerts[rule]}/{naive.alerts[rule]}" for rule in rules))
+    print(
+        f"\nstate per meter-channel at window {WINDOW} (allocated arrays / series; "
+        f"target <= {TARGET_BYTES:,} B)"
+    )
+    print(
+        f"{'meters':>10} {'rows':>10} {'capacity':>10} {'table':>7} {'rules':>6} {'episodes':>9} "
+        f"{'total':>7} {'per row':>8} {'RSS delta':>10}"
+    )
+    for r in results:
+        table, detectors, trackers = (b / r.series for b in r.state)
+        total = table + detectors + trackers
+        per_row = sum(r.state) / max(r.capacity, 1)
+        verdict = "met" if total <= TARGET_BYTES else "NOT met"
+        print(
+            f"{r.meters:>10,} {r.series:>10,} {r.capacity:>10,} {table:>7,.0f} {detectors:>6,.0f} "
+            f"{trackers:>9,.0f} {total:>7,.0f} {per_row:>8,.0f} {r.rss_delta / r.series:>10,.0f}"
+            f"   {verdict}"
+        )
+    if traced is not None:
+        meters, per_series, capacity = traced
+        print(
+            f"  tracemalloc, engine warmed on {meters:,} meters (capacity {capacity:,}): "
+            f"{per_series:,.0f} B/series (numpy arrays, keys, ids, dicts)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--meters",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=[10_000, 1_000_000],
+        help="comma-separated fleet sizes (default 10000,1000000)",
+    )
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--naive-meters", type=int, default=20_000)
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run (< 30 s)")
+    parser.add_argument("--no-profile", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.meters, args.repeat = [2_000, 20_000], 1
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    started = time.perf_counter()
+    print(
+        f"detection bench: gateways of {GATEWAY_METERS:,} meters, one 60 s window row per meter "
+        f"per poll, window {WINDOW}; medians of {args.repeat}; one core"
+    )
+    results = []
+    for meters in args.meters:
+        if args.quick:
+            warm, timed = 10, 3
+        else:
+            warm, timed = (60, 30) if meters <= SMALL else (10, 3)
+        results.append(
+            run_size(meters, warm, timed, args.repeat, args.naive_meters, not args.no_profile)
+        )
+    traced_meters = 2_000 if args.quick else 10_000
+    log(f"tracemalloc at {traced_meters:,} meters")
+    per_series, capacity = traced_bytes(traced_meters, 12)
+    report(results, args.repeat, (traced_meters, per_series, capacity))
+    print(f"\n(run took {time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
