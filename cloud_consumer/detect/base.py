@@ -15,8 +15,8 @@ without worrying about repeated rows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -64,7 +64,7 @@ class Frame:
         )
 
     def with_previous(self, table: SeriesTable) -> Frame:
-        """This frame with ``previous``/``previous_ts`` read from ``table`` (before the step)."""
+        """The frame with ``previous``/``previous_ts`` read from ``table`` (before the step)."""
         previous, previous_ts = table.last(self.rows)
         return dataclasses.replace(self, previous=previous, previous_ts=previous_ts)
 

@@ -40,7 +40,8 @@ Design decisions, measured or argued:
   little-endian arrays`` (the CRC covers header and arrays, so a flipped bit in a stored value is
   caught too). The header holds the window parameters and the keys in row order (so row indices,
   which other state such as episode trackers refers to, survive a restore); the arrays hold the
-  ring and the per-row reading counts. Any damage raises :class:`SnapshotError`, never another exception.
+  ring and the per-row reading counts. Any damage raises :class:`SnapshotError`, never another
+  exception.
 """
 
 from __future__ import annotations
@@ -363,6 +364,26 @@ class SeriesTable:
         values = np.where(empty, np.nan, self._values.reshape(-1)[flat])
         ts = np.where(empty, -1, self._ts.reshape(-1)[flat])
         return values, ts
+
+    def window_values(self, rows: npt.ArrayLike) -> FloatArray:
+        """Window values of each row in ring order (not time order), NaN where no point.
+
+        For order-free statistics (median, MAD): whole ring rows are copied, with no position
+        arithmetic, several times faster than :meth:`window_of`.
+        """
+        index = np.asarray(rows, dtype=np.int64)
+        values = self._values[index]
+        fill = np.minimum(self._seen[index], self.window)
+        if self.horizon_ms is None:
+            if (fill < self.window).any():
+                values[np.arange(self.window)[None, :] >= fill[:, None]] = np.nan
+            return values
+        ts = self._ts[index]
+        valid = np.arange(self.window)[None, :] < fill[:, None]
+        newest = np.where(valid, ts, _INT64_MIN).max(axis=1, initial=_INT64_MIN)
+        valid &= ts > (newest - self.horizon_ms)[:, None]
+        values[~valid] = np.nan
+        return values
 
     def window_of(self, rows: npt.ArrayLike) -> Window:
         """Window contents of each row, oldest first, padded on the left (for median/MAD)."""

@@ -189,3 +189,35 @@ def test_robust_z_uses_a_time_based_window() -> None:
     near = Engine([RobustZDetector(RobustZConfig(min_points=9))], window=32, horizon_ms=20_000)
     alerts = near.process(columns([*series("m", BASE), ("m", 9000, 50.0)])).alerts
     assert [a.opened_ms for a in alerts] == [9000]
+
+
+def baselines(refresh: int, values: list[float]) -> list[float]:
+    """The median each reading was judged against (NaN before min_points)."""
+    engine = Engine(
+        [RobustZDetector(RobustZConfig(min_points=4, refresh=refresh, threshold=1e9))], window=8
+    )
+    medians = []
+    for i, value in enumerate(values):  # one reading per batch: read the evidence back
+        frame = columns([("m", 1000 * i, value)])
+        found = engine.process(frame)
+        assert found.alerts == []
+        detector = engine.detectors[0]
+        assert isinstance(detector, RobustZDetector)
+        row = engine.table.rows_for(["m"], np.array([POWER]))
+        medians.append(float(detector._median.get(row)[0]) if i >= 4 else float("nan"))
+    return medians
+
+
+def test_robust_z_baseline_is_recomputed_every_refresh_readings() -> None:
+    values = [float(v) for v in range(1, 21)]
+    exact = baselines(1, values)
+    # refresh=1: the median of the (up to 8) readings before each reading, from the 5th on.
+    assert exact[4:] == [float(np.median(values[max(0, i - 8) : i])) for i in range(4, 20)]
+    # refresh=3: computed at the 5th reading (4 seen), then at 7, 10, 13 seen...: reused between.
+    hopped = baselines(3, values)
+    assert hopped[4:] == [exact[4 + 3 * ((i - 4) // 3)] for i in range(4, 20)]
+
+
+def test_robust_z_refresh_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="refresh"):
+        RobustZDetector(RobustZConfig(refresh=0))

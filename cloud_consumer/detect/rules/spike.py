@@ -13,9 +13,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cloud_consumer.detect.base import Frame, RuleKind, Scores, constant
+from cloud_consumer.detect.base import (
+    Frame,
+    RowValues,
+    RuleKind,
+    Scores,
+    constant,
+    pack_sections,
+    unpack_sections,
+)
 from cloud_consumer.detect.episodes import Severity
-from cloud_consumer.detect.state import FloatArray, SeriesTable
+from cloud_consumer.detect.state import FloatArray, IntArray, SeriesTable
 
 MAD_SCALE = 1.4826
 """Makes the MAD a consistent estimator of the standard deviation for normal data."""
@@ -98,6 +106,12 @@ class RobustZConfig:
     """Window points needed before judging: half the default 60-point window, so the median and
     MAD rest on enough points (with 10-20, sampling noise alone pushes z past 3.5 now and then).
     Must not exceed the engine's window for the rule to ever fire."""
+    refresh: int = 6
+    """The baseline (median, MAD) of a series is recomputed every this many of its readings and
+    reused in between: 6 keeps it at most 5 readings behind a 60-point window (under 10 % of
+    it), and makes the rule's sort of the window -- its whole cost -- six times rarer. 1
+    recomputes it for every reading. Count-based windows only: with a time horizon the
+    baseline depends on each reading's time and is always recomputed."""
     severity: Severity = "warning"
 
 
@@ -108,7 +122,8 @@ class RobustZDetector:
     table, only its points within ``horizon_ms`` of the reading); holds where
     ``z > threshold`` (strict), the window holds at least ``min_points`` points and the MAD is
     positive (a flat window has no scale: the stuck-value rule covers it). Score: z, NaN where
-    not judged. Stateless: the window is the table's.
+    not judged. The window is the table's; per series the rule keeps its baseline (median, MAD
+    and the reading count it was computed at, 24 B), refreshed every ``refresh`` readings.
     """
 
     name = "spike_robust_z"
@@ -116,7 +131,13 @@ class RobustZDetector:
 
     def __init__(self, config: RobustZConfig | None = None) -> None:
         self.config = config or RobustZConfig()
+        if self.config.refresh < 1:
+            raise ValueError(f"refresh must be >= 1, got {self.config.refresh}")
         self.severity: Severity = self.config.severity
+        self._median = RowValues(np.float64)
+        self._mad = RowValues(np.float64)
+        self._as_of = RowValues(np.int64)  # readings seen when computed; 0: never
+        self._fresh: tuple[Frame, IntArray, FloatArray, FloatArray] | None = None
 
     def score(self, frame: Frame, table: SeriesTable) -> Scores:
         config = self.config
@@ -125,17 +146,28 @@ class RobustZDetector:
         mad = np.full(size, np.nan)
         needed = max(config.min_points, 1)
         judged = np.flatnonzero(table.count(frame.rows) >= needed)
-        if judged.size and table.horizon_ms is not None:
+        horizon = table.horizon_ms
+        if judged.size and horizon is None:
+            rows = frame.rows[judged]
+            seen, as_of = table.seen(rows), self._as_of.get(rows)
+            stale = (as_of == 0) | (seen - as_of >= config.refresh)
+            median[judged] = self._median.get(rows)
+            mad[judged] = self._mad.get(rows)
+            judged = judged[stale]
+            if judged.size:
+                values = table.window_values(frame.rows[judged])
+                centre = row_median(values)
+                median[judged] = centre
+                mad[judged] = row_median(np.abs(values - centre[:, None]))
+            self._fresh = (frame, judged, median[judged], mad[judged])
+        elif judged.size and horizon is not None:
             # The table's time window ends at the series' newest point; judge a reading against
             # the points within the horizon of the reading itself (a gap empties the window).
             window = table.window_of(frame.rows[judged])
-            recent = window.valid & (window.ts > (frame.ts_ms[judged] - table.horizon_ms)[:, None])
+            recent = window.valid & (window.ts > (frame.ts_ms[judged] - horizon)[:, None])
             values = np.where(recent, window.values, np.nan)
             enough = recent.sum(axis=1) >= needed
             judged, values = judged[enough], values[enough]
-        elif judged.size:
-            values = table.window_of(frame.rows[judged]).values
-        if judged.size:
             centre = row_median(values)
             median[judged] = centre
             mad[judged] = row_median(np.abs(values - centre[:, None]))
@@ -154,4 +186,25 @@ class RobustZDetector:
         )
 
     def learn(self, frame: Frame, table: SeriesTable) -> None:
-        """Nothing to learn: the window lives in the table."""
+        """Keep the baselines :meth:`score` recomputed for this frame."""
+        fresh, self._fresh = self._fresh, None
+        if fresh is None or fresh[0] is not frame or not fresh[1].size:
+            return
+        _, judged, median, mad = fresh
+        rows = frame.rows[judged]
+        self._median.set(rows, median)
+        self._mad.set(rows, mad)
+        self._as_of.set(rows, table.seen(rows))
+
+    def snapshot(self) -> bytes:
+        """The baselines (median, MAD, reading count), as :func:`pack_sections`."""
+        return pack_sections(self._median.snapshot(), self._mad.snapshot(), self._as_of.snapshot())
+
+    def restore(self, data: bytes) -> None:
+        """Load baselines saved by :meth:`snapshot` (validated before replacing any)."""
+        parts = unpack_sections(data, 3)
+        median, mad, as_of = RowValues(np.float64), RowValues(np.float64), RowValues(np.int64)
+        for values, part in zip((median, mad, as_of), parts, strict=True):
+            values.restore(part)
+        self._median, self._mad, self._as_of = median, mad, as_of
+        self._fresh = None
