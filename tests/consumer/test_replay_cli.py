@@ -15,8 +15,10 @@ import orjson
 import pytest
 
 from cloud_consumer.__main__ import main
+from cloud_consumer.detect.config import DetectSettings, load_detect
 from cloud_consumer.replay_input import read_csv
 from examples import planted_faults
+from meterlink_config import TomlReader
 from meterlink_wire import ReadingBatch, encode
 from meterlink_wire.batch import WindowRow
 from meterlink_wire.vocab import Channel, Unit
@@ -235,3 +237,9 @@ def test_config_narrows_rules_and_changes_thresholds(
     stuck = next(e for e in found if e["rule"] == "stuck_value")
     assert stuck["opened"] == planted_faults.iso_step(249 + 48)  # 12 h after the run began
     assert {e["rule"] for e in expected} > {"overload", "stuck_value"}
+
+
+def test_example_config_states_the_defaults() -> None:
+    """config/cloud-consumer.toml spells out the defaults: loading it changes nothing."""
+    settings = load_detect(TomlReader(EXAMPLES.parent / "config" / "cloud-consumer.toml"))
+    assert settings == DetectSettings()
