@@ -9,7 +9,7 @@ Workload (live gateway traffic, the path a Kinesis consumer sees):
   sends ONE wire message of 1,000 window rows (``window_s`` 60, count 60, min/max/mean/last; the
   engine reads ``mean``), so every batch holds one reading per series, at a 60 s cadence
   (``start_ms`` = T0 + step * 60 s, ``now_ms`` = window end + 5 s). Messages are plain JSON
-  (the edge agent's default), ~64 KB each, encoded before any timing;
+  (the edge agent's default), ~64 KB each, all encoded before any timing;
 * power meters in kW (3 decimals), every tenth in W (whole watts: the validator converts), 2 %
   water meters on ``flow`` (L/min, every other one in m3/h: converted); values are a per-meter
   level with 5 % Gaussian noise, so the robust z-score fires now and then on its own;
@@ -19,11 +19,16 @@ Workload (live gateway traffic, the path a Kinesis consumer sees):
   with a frozen register -> stuck_value, with zeros -> zero_run, with a flat signal ->
   low_variance; a 40 min gap -> interpolated estimates and a burst at 45 L/min), a stuck clock
   (backdated, rejected), a clock 1 h ahead (future, rejected), a water meter replaying an hourly
-  backlog (late; continuous_flow once it has 24 h of it), backflow every 10 polls (reverse_flow);
-* sizes: up to 100,000 meters, 60 warm-up polls (full windows) then 30 timed polls; above, 10
-  warm-up polls (windows of 10: the robust z-score already judges every reading, so its sort
-  costs what it costs at steady state) then 3 timed polls. Warm-up batches go to the engine as
-  ReadingColumns (untimed); each run starts from a deep copy of the warmed engine.
+  backlog (late; continuous_flow after 24 flowing hours), backflow every 10 polls (reverse_flow);
+* meters come online over the first ``refresh`` (6) polls, one sixth per poll, so the robust
+  z-score's baseline refreshes (a series recomputes its median and MAD every 6 of its readings)
+  are spread evenly: about a sixth of the series sort their window on each poll, as in a fleet
+  that did not all start at the same minute;
+* sizes: up to 100,000 meters, 60 warm-up polls (full windows) then 30 timed polls; above,
+  ``min_points + refresh - 1`` (35) warm-up polls, so every series has the robust z-score's 30
+  points and it judges every timed reading, then 3 timed polls. Warm-up polls go to the engine
+  as ReadingColumns (untimed; equal to what decode + join gives, checked on the timed polls);
+  every run starts from a deep copy of the warmed engine, so all runs do the same work.
 
 Figures (medians of --repeat runs, process pinned to one core; the machine is shared and noisy):
 
@@ -35,8 +40,10 @@ Figures (medians of --repeat runs, process pinned to one core; the machine is sh
    against concatenating the messages' meter dictionaries with index offsets, on the same
    decoded batches (equal columns here: each meter is in one message per poll);
 3. naive: a per-reading Python implementation of the same validation and rules (a deque of the
-   last 60 values per meter-channel, ``statistics.median`` for the robust z-score, plain floats
-   and counters for the runs and day buckets, the same episode open/resolve logic), fed the same
+   last 60 values per meter-channel, ``statistics.median`` for the robust z-score's median and
+   MAD, reused for ``refresh`` readings as the engine's rule does; plain floats and counters for
+   the runs and day buckets; the same episode open/resolve logic; parameters read from the
+   default configs, the logic written out independently), fed the same
    messages (``orjson.loads`` + a loop over the rows; no wire validation beyond that), warmed up
    on the same readings. Above --naive-meters it runs on the first gateways only (its state for
    1,000,000 series would take ~3 GB; its cost per reading is the median sorts, not the dict),
@@ -45,8 +52,8 @@ Figures (medians of --repeat runs, process pinned to one core; the machine is sh
    over the timed polls, engine (restricted to the naive's meters) beside naive: they must match;
 5. memory: state bytes per meter-channel at window 60 (``engine.table.nbytes`` + every
    detector's per-row arrays + the episode trackers' arrays, over series; allocated capacity,
-   so doubling slack counts), plus the RSS growth of the warm-up at the largest size and
-   tracemalloc of a 10,000-meter engine (Python keys and dicts included); target <= 2 KB;
+   so doubling slack counts), plus the RSS growth of each warm-up and tracemalloc of a
+   10,000-meter engine (Python keys and dicts included); target <= 2 KB;
 6. profile: cProfile of one decode + process pass per size (outside the timed runs): the top 8
    functions by cumulative time, and the engine's stages (decode, join, validation, rows,
    each detector's score + learn, interpolation, table update, episodes).
@@ -55,8 +62,8 @@ Figures (medians of --repeat runs, process pinned to one core; the machine is sh
 from __future__ import annotations
 
 import argparse
-import cProfile
 import copy
+import cProfile
 import gc
 import math
 import os
@@ -79,7 +86,7 @@ from cloud_consumer.detect import quality as quality_module
 from cloud_consumer.detect.config import DetectSettings
 from cloud_consumer.detect.engine import Detection, Engine
 from cloud_consumer.detect.episodes import EpisodeTracker
-from cloud_consumer.detect.rules.gaps import Interpolator
+from cloud_consumer.detect.rules.gaps import InterpolationConfig, Interpolator
 from cloud_consumer.detect.state import SeriesTable, series_order
 from cloud_consumer.detect.validate import REJECTIONS, Validator
 from cloud_consumer.replay_input import ReadingColumns, _WireChunk
@@ -119,11 +126,15 @@ def now_ms(step: int) -> int:
 class Fleet:
     """Meters, their channels/units/levels, and the readings of each poll (see module docstring)."""
 
-    def __init__(self, meters: int, correction: int, seed: int = 7) -> None:
+    def __init__(self, meters: int, warm: int, seed: int = 7) -> None:
         self.meters = meters
-        self.correction = correction  # the poll at which lagging gateway clocks are fixed
+        self.warm = warm  # polls before the first timed one (periodic plants are phased on it)
+        self.correction = warm + 1  # the poll at which lagging gateway clocks are fixed
         self.seed = seed
         self.local = np.arange(meters) % GATEWAY_METERS
+        # Meters come online over the first JOIN_SPREAD polls, so the robust z-score's baseline
+        # refreshes (every Z_REFRESH readings of a series) are spread evenly over the polls.
+        self.join = np.arange(meters) % JOIN_SPREAD
         water = self.local % 50 == 0
         self.channel = np.where(water, Channel.FLOW, Channel.POWER).astype(np.uint8)
         unit = np.full(meters, Unit.KW, dtype=np.uint8)
@@ -157,17 +168,18 @@ class Fleet:
         value = self.base * (1.0 + 0.05 * noise)  # canonical units (kW, L/min)
         ts = np.full(self.meters, T0 + step * CADENCE_MS, dtype=np.int64)
         late = step < self.correction
-        if step % 10 == 1:
+        phase = step - self.warm  # 0 at the first timed poll
+        if phase % 10 == 1:
             value[self._at(SPIKE)] *= 20.0
-        if 5 <= step % 20 <= 12:
+        if (phase + 5) % 20 < 8:  # 8 polls above the limit: opens at the 6th (phase 0, 20...)
             value[self._at(OVERLOAD)] = 25.0 + np.abs(noise[self._at(OVERLOAD)])
         value[self._at(FROZEN_25H)] = 2.5
         value[self._at(ZEROS_49H)] = 0.0
         value[self._at(FLAT_8D)] = 2.0 if step % 2 else 2.001
         value[self._at(BURST)] = 45.0 if step >= self.correction - 5 else 3.0
-        if step % 30 == 29:
+        if (phase + 24) % 40 == 0:  # flow stops for an hour: continuous_flow opens 25 h later
             value[self._at(BACKLOG)] = 0.0
-        if step % 10 == 7:
+        if phase % 10 == 2:
             value[self._at(BACKFLOW)] = -1.5
         for local, behind in (
             (GAP_5H, 5 * HOUR_MS),
@@ -189,21 +201,23 @@ class Fleet:
         return ts, rounded, np.minimum(low, rounded), np.maximum(high, rounded)
 
     def columns(self, step: int, upto: int | None = None) -> ReadingColumns:
-        """Poll ``step`` as the decoder + join would give it (meters in order), first ``upto``."""
+        """Poll ``step`` as decode + join gives it (meters online, in order; the first ``upto``)."""
         ts, value, _, _ = self.readings(step)
         n = self.meters if upto is None else upto
+        online = np.flatnonzero(self.join[:n] <= step)
         return ReadingColumns(
             meter_ids=self.ids[:n],
-            meter=np.arange(n, dtype=np.int32),
-            channel=self.channel[:n],
-            unit=self.unit[:n],
-            ts_ms=ts[:n],
-            value=value[:n],
-            count=np.full(n, 60, dtype=np.int64),
+            meter=online.astype(np.int32),
+            channel=self.channel[online],
+            unit=self.unit[online],
+            ts_ms=ts[online],
+            value=value[online],
+            count=np.full(online.size, 60, dtype=np.int64),
         )
 
     def messages(self, step: int) -> list[bytes]:
-        """Poll ``step`` as one encoded wire message per gateway."""
+        """Poll ``step`` as one encoded wire message per gateway (every meter online by then)."""
+        assert step >= JOIN_SPREAD - 1
         ts, value, low, high = self.readings(step)
         out = []
         for gateway, begin in enumerate(range(0, self.meters, GATEWAY_METERS)):
@@ -216,7 +230,7 @@ class Fleet:
                 window_s=60,
                 kind=Kind.TELEMETRY,
                 meters=self.ids[rows],
-                meter=np.arange(size),
+                meter=np.arange(size, dtype=np.int32),
                 channel=self.channel[rows],
                 unit=self.unit[rows],
                 start_ms=ts[rows],
@@ -295,6 +309,12 @@ def same_columns(a: ReadingColumns, b: ReadingColumns) -> bool:
 
 # --- the naive implementation -------------------------------------------------------------------
 
+# Parameters come from the default configs (so a changed default changes both sides); the logic
+# below is written out independently, one reading at a time.
+_SETTINGS = DetectSettings()
+_RULES = _SETTINGS.rules
+_VALIDATION = _SETTINGS.validation
+_INTERPOLATION = _SETTINGS.interpolation or InterpolationConfig()
 POWER, FLOW, VOLUME, TAMPER = (int(c) for c in (Channel.POWER, Channel.FLOW, Channel.VOLUME,
                                                  Channel.TAMPER))  # fmt: skip
 CHANNEL_CODE = {c.wire_name: int(c) for c in Channel}
@@ -319,45 +339,68 @@ for _channel, _units in {
     for _unit, _factor in _units.items():
         SCALE[int(_channel), int(_unit)] = _factor
 INFERRED_CHANNELS = {int(Channel.POWER), int(Channel.ENERGY_IMPORT), int(Channel.ENERGY_EXPORT)}
-NON_NEGATIVE = {int(c) for c in (Channel.ENERGY_IMPORT, Channel.ENERGY_EXPORT, Channel.VOLUME,
-                                 Channel.VOLTAGE, Channel.CURRENT, Channel.FREQUENCY)}  # fmt: skip
-MAX_VALUE = {POWER: 20.0}
-MIN_TS_MS, MAX_FUTURE_MS, LATE_MS = 946_684_800_000, 300_000, 3_600_000
+NON_NEGATIVE = set(_VALIDATION.non_negative)
+MAX_VALUE = dict(_VALIDATION.max_value)
+MIN_TS_MS, MAX_FUTURE_MS = _VALIDATION.min_ts_ms, _VALIDATION.max_future_ms
+LATE_MS = _VALIDATION.late_ms
 # validation flag bits (validate.Flag)
 CONVERTED, INFERRED, AMBIGUOUS, NEGATIVE, ABOVE_MAX, LATE = 1, 2, 4, 8, 16, 32
 FUTURE, BAD_TIME, NOT_FINITE, MISMATCH = 64, 512, 1024, 2048
 REJECT = FUTURE | BAD_TIME | NOT_FINITE | MISMATCH
 WARNING_FLAGS = (AMBIGUOUS, NEGATIVE, ABOVE_MAX, LATE)
+RISE, DROP, EPS = _RULES["spike"].rise, _RULES["spike"].drop, _RULES["spike"].eps
+Z_THRESHOLD, MIN_POINTS = _RULES["spike_robust_z"].threshold, _RULES["spike_robust_z"].min_points
+Z_REFRESH = getattr(_RULES["spike_robust_z"], "refresh", 1)  # baseline reuse (1: every reading)
+LIMIT_KW, MIN_RUN = _RULES["overload"].limit_kw, _RULES["overload"].min_run
+OVERLOAD_CHANNELS = set(_RULES["overload"].channels)
+STUCK_MS = _RULES["stuck_value"].min_duration_ms
+STUCK_CHANNELS = set(_RULES["stuck_value"].channels)
+ZERO_MS, ZERO_CHANNELS = _RULES["zero_run"].min_duration_ms, set(_RULES["zero_run"].channels)
+LV_DAYS, LV_MAX_CV = _RULES["low_variance"].days, _RULES["low_variance"].max_cv
+LV_CHANNELS = set(_RULES["low_variance"].channels)
+FLOW_HOURS = _RULES["continuous_flow"].min_hours
+BURST_FLOW, BURST_MS = _RULES["burst"].min_flow, _RULES["burst"].min_duration_ms
+FLOW_TOLERANCE = _RULES["reverse_flow"].flow_tolerance
+VOLUME_TOLERANCE = _RULES["reverse_flow"].volume_tolerance
+GAP_RULES = [
+    (name, _RULES[name].min_gap_ms, _RULES[name].max_gap_ms)
+    for name in ("missing_short", "missing_extended")
+]
+FILL_MAX_MS, FILL_TOLERANCE = _INTERPOLATION.max_gap_ms, _INTERPOLATION.tolerance
+FILL_POINTS, FILL_PENALTY = _INTERPOLATION.max_points, _INTERPOLATION.penalty_per_hour
+JOIN_SPREAD = Z_REFRESH
 # episode rules, in order; the first two are rate-of-change rules, the rest faults
 EPISODE_RULES = (
     "spike", "spike_robust_z", "overload", "stuck_value", "zero_run", "low_variance",
     "continuous_flow", "burst", "reverse_flow",
 )  # fmt: skip
-LOW_VARIANCE_DAYS = 7
 
 
 class NaiveSeries:
     """Everything the naive implementation keeps for one (meter, channel)."""
 
     __slots__ = (
-        "active", "burst_start", "counts", "days", "first_ts", "hour", "hour_min", "hour_run",
-        "last_ts", "opened", "prev_ts", "run", "shift", "squares", "stuck_start", "sums",
-        "values", "zero_start",
+        "active", "as_of", "burst_start", "counts", "days", "first_ts", "hour", "hour_min",
+        "hour_run", "last_ts", "mad", "median", "opened", "prev_ts", "run", "seen", "shift",
+        "squares", "stuck_start", "sums", "values", "zero_start",
     )  # fmt: skip
 
     def __init__(self) -> None:
         self.values: deque[float] = deque(maxlen=WINDOW)
+        self.seen = 0
         self.last_ts = -1
         self.prev_ts = -1
+        self.median = self.mad = 0.0
+        self.as_of = 0
         self.run = 0
         self.stuck_start = 0
         self.zero_start = 0
         self.first_ts = 0
         self.shift = 0.0
-        self.days = [0] * LOW_VARIANCE_DAYS
-        self.counts = [0] * LOW_VARIANCE_DAYS
-        self.sums = [0.0] * LOW_VARIANCE_DAYS
-        self.squares = [0.0] * LOW_VARIANCE_DAYS
+        self.days = [0] * LV_DAYS
+        self.counts = [0] * LV_DAYS
+        self.sums = [0.0] * LV_DAYS
+        self.squares = [0.0] * LV_DAYS
         self.hour = -1
         self.hour_min = 0.0
         self.hour_run = 0
@@ -412,7 +455,7 @@ class Naive:
         ):
             self.reading(ids[m], c, u, ts, v, now)
 
-    def reading(  # noqa: PLR0912, PLR0915  # one straight-line function, on purpose
+    def reading(  # noqa: PLR0912, PLR0915, PLR0917  # one straight-line function, on purpose
         self, meter_id: str, channel: int, unit: int, ts: int, raw: float, now: int
     ) -> None:
         tally = self.tally
@@ -458,58 +501,62 @@ class Naive:
             tally.rejected += 1
             return
         window = s.values
-        seen = len(window) > 0
-        prev = window[-1] if seen else math.nan
+        prev = window[-1] if s.seen else math.nan
         holds = [False] * len(EPISODE_RULES)
         # spike and drop against the previous reading
-        if seen:
-            change = (value - prev) / max(abs(prev), 1e-9)
-            holds[0] = abs(change) > 5.0 or (prev > 0 and value < 0.1 * prev)
-        # robust z-score against the window
-        if len(window) >= 10:
-            median = statistics.median(window)
-            mad = statistics.median([abs(x - median) for x in window])
-            if mad > 0:
-                holds[1] = abs(value - median) / (1.4826 * mad) > 3.5
+        if s.seen:
+            change = (value - prev) / max(abs(prev), EPS)
+            holds[0] = abs(change) > RISE or (prev > 0 and value < DROP * prev)
+        # robust z-score against the window (baseline recomputed every Z_REFRESH readings)
+        if len(window) >= MIN_POINTS:
+            if s.as_of == 0 or s.seen - s.as_of >= Z_REFRESH:
+                s.median = statistics.median(window)
+                s.mad = statistics.median([abs(x - s.median) for x in window])
+                s.as_of = s.seen
+            if s.mad > 0:
+                holds[1] = abs(value - s.median) / (1.4826 * s.mad) > Z_THRESHOLD
         # overload run
-        s.run = s.run + 1 if channel == POWER and value > 20.0 else 0
-        holds[2] = s.run >= 6
+        if channel in OVERLOAD_CHANNELS and value > LIMIT_KW:
+            s.run += 1
+        else:
+            s.run = 0
+        holds[2] = s.run >= MIN_RUN
         # stuck value
-        if channel != TAMPER:
+        if channel in STUCK_CHANNELS:
             start = s.stuck_start if value == prev else ts
-            holds[3] = value != 0 and ts - start >= DAY_MS
+            holds[3] = value != 0 and ts - start >= STUCK_MS
             s.stuck_start = start
-        if channel in (POWER, FLOW):
-            # zero run
-            if value == 0:
-                start = s.zero_start if prev == 0 else ts
-                holds[4] = ts - start >= 2 * DAY_MS
-                s.zero_start = start
-            # low variance: daily buckets of (count, sum, sum of squares) of value - shift
-            if not seen:
+        # zero run
+        if channel in ZERO_CHANNELS and value == 0:
+            start = s.zero_start if prev == 0 else ts
+            holds[4] = ts - start >= ZERO_MS
+            s.zero_start = start
+        # low variance: daily buckets of (count, sum, sum of squares) of value - shift
+        if channel in LV_CHANNELS:
+            if not s.seen:
                 s.first_ts, s.shift = ts, value + 0.0
             deviation = value - s.shift
             day = ts // DAY_MS
-            slot = day % LOW_VARIANCE_DAYS
+            slot = day % LV_DAYS
             same = s.days[slot] == day and s.counts[slot] > 0
             count = (s.counts[slot] if same else 0) + 1
             total = (s.sums[slot] if same else 0.0) + deviation + 0.0
             squares = (s.squares[slot] if same else 0.0) + deviation * deviation
+            rest_n = rest_s = rest_q = 0.0  # the window's other days, in slot order
+            for k in range(LV_DAYS):
+                if k != slot and s.counts[k] > 0 and day - LV_DAYS < s.days[k] < day:
+                    rest_n += s.counts[k]
+                    rest_s += s.sums[k]
+                    rest_q += s.squares[k]
             s.days[slot], s.counts[slot], s.sums[slot], s.squares[slot] = (
                 day, count, total, squares
             )  # fmt: skip
-            for k in range(LOW_VARIANCE_DAYS):
-                if k != slot and s.counts[k] > 0 and day - LOW_VARIANCE_DAYS < s.days[k] <= day:
-                    count += s.counts[k]
-                    total += s.sums[k]
-                    squares += s.squares[k]
-            centre = total / count
-            std = math.sqrt(max(squares / count - centre * centre, 0.0))
+            n, total, squares = count + rest_n, total + rest_s, squares + rest_q
+            centre = total / n
+            std = math.sqrt(max(squares / n - centre * centre, 0.0))
             level = s.shift + centre
             holds[5] = (
-                ts - s.first_ts >= LOW_VARIANCE_DAYS * DAY_MS
-                and level != 0
-                and std / abs(level) < 0.01
+                ts - s.first_ts >= LV_DAYS * DAY_MS and level != 0 and std / abs(level) < LV_MAX_CV
             )
         if channel == FLOW:
             # continuous flow: consecutive clock hours whose minimum flow was > 0
@@ -521,28 +568,28 @@ class Naive:
                 s.hour = hour
             else:
                 s.hour_min = min(s.hour_min, value) + 0.0
-            holds[6] = s.hour_run >= 24 and s.hour_min > 0
-            # burst: flow >= 30 L/min for 30 minutes
-            if value >= 30.0:
+            holds[6] = s.hour_run >= FLOW_HOURS and s.hour_min > 0
+            # burst: a sustained high flow
+            if value >= BURST_FLOW:
                 if s.burst_start < 0:
                     s.burst_start = ts
-                holds[7] = ts - s.burst_start >= 30 * MINUTE_MS
+                holds[7] = ts - s.burst_start >= BURST_MS
             else:
                 s.burst_start = -1
-            holds[8] = value < -0.0
+            holds[8] = value < -FLOW_TOLERANCE
         elif channel == VOLUME:
-            holds[8] = value < prev - 0.001
+            holds[8] = value < prev - VOLUME_TOLERANCE
         # gaps (retrospective alerts) and interpolation of short ones
         if s.last_ts >= 0:
             gap = ts - s.last_ts
-            if gap >= 4 * HOUR_MS:
-                rule = "missing_short" if gap < DAY_MS else "missing_extended"
-                self.alerts.append((rule, meter_id, channel, s.last_ts, ts))
-                tally.alerts[rule] += 1
+            for rule, low, high in GAP_RULES:
+                if gap >= low and (high is None or gap < high):
+                    self.alerts.append((rule, meter_id, channel, s.last_ts, ts))
+                    tally.alerts[rule] += 1
             cadence = s.last_ts - s.prev_ts
-            if s.prev_ts >= 0 and cadence > 0 and 1.5 * cadence < gap < 4 * HOUR_MS:
-                points = max(min(round(gap / cadence) - 1, 240), 1)
-                score = max(100 - 10 * -(-gap // HOUR_MS), 0)
+            if s.prev_ts >= 0 and cadence > 0 and FILL_TOLERANCE * cadence < gap < FILL_MAX_MS:
+                points = max(min(round(gap / cadence) - 1, FILL_POINTS), 1)
+                score = max(100 - FILL_PENALTY * -(-gap // HOUR_MS), 0)
                 for k in range(1, points + 1):
                     fraction = k / (points + 1)
                     self.estimates.append(
@@ -573,6 +620,7 @@ class Naive:
         tally.quality += min(max(100 - penalty, 0), 100)
         # the window learns the reading
         window.append(value)
+        s.seen += 1
         s.prev_ts, s.last_ts = s.last_ts, ts
 
 
@@ -610,6 +658,8 @@ def state_bytes(engine: Engine) -> tuple[int, int, int]:
     def nbytes(value: object) -> int:
         if isinstance(value, np.ndarray):
             return int(value.nbytes)
+        if isinstance(value, tuple | list):
+            return sum(nbytes(item) for item in value)
         size = getattr(value, "nbytes", None)
         return size if isinstance(size, int) else 0
 
@@ -628,7 +678,7 @@ def traced_bytes(meters: int, warm: int) -> tuple[float, int]:
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    fleet = Fleet(meters, correction=warm + 1)
+    fleet = Fleet(meters, warm)
     engine = DetectSettings().build_engine()
     for step in range(warm):
         engine.process(fleet.columns(step), now_ms=now_ms(step))
@@ -657,30 +707,32 @@ def _where(key: tuple[str, int, str]) -> str:
     return f"{'/'.join(path.parts[-2:])}:{line}({name})"
 
 
-def profile(engine: Engine, polls: Sequence[tuple[int, list[bytes]]]) -> None:
-    """cProfile one decode + process pass and print the top functions and the engine's stages."""
-    profiler = cProfile.Profile()
+def profile(engine: Engine, polls: Sequence[tuple[int, list[bytes]]]) -> list[str]:
+    """cProfile one decode + process pass: lines for the top functions and the engine's stages."""
+    # builtins=False: a C call's time goes to its Python caller (tracing every builtin call
+    # would inflate loops of dict.setdefault & co. several times over).
+    profiler = cProfile.Profile(builtins=False)
     profiler.enable()
     for step, messages in polls:
         engine.process(join_wire_chunk(messages), now_ms=now_ms(step))
     profiler.disable()
     stats: dict[tuple[str, int, str], tuple[Any, ...]] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     own = _key(profile), _key(join_wire_chunk)
-    total = max(row[3] for key, row in stats.items() if key not in own)
-    ranked = sorted(
-        (row[3], row[2], row[1], key)
-        for key, row in stats.items()
-        if key not in own and "disable" not in key[2]
-    )[::-1]
-    print(f"    top 8 by cumulative time (total {total:.2f} s; tottime = own time):")
-    for cumulative, own_time, calls, key in ranked[:8]:
-        print(
-            f"      {cumulative:7.3f} s {100 * cumulative / total:5.1f} %  tottime "
-            f"{own_time:6.3f} s  {calls:>6} calls  {_where(key)}"
-        )
 
     def cumulative(*functions: Callable[..., Any]) -> float:
-        return sum(stats[_key(f)][3] for f in functions if _key(f) in stats)
+        return sum(float(stats[_key(f)][3]) for f in functions if _key(f) in stats)
+
+    total = cumulative(join_wire_chunk, Engine.process)
+    ranked = sorted(
+        ((float(row[3]), float(row[2]), int(row[1]), key) for key, row in stats.items()),
+        reverse=True,
+    )
+    lines = [f"  top 8 by cumulative time (of {total:.2f} s in decode + join + process):"]
+    for spent, own_time, calls, key in [r for r in ranked if r[3] not in own][:8]:
+        lines.append(
+            f"    {spent:7.3f} s {100 * spent / total:5.1f} %  tottime {own_time:6.3f} s "
+            f"{calls:>6} calls  {_where(key)}"
+        )
 
     stages: list[tuple[str, float]] = [
         ("wire decode (meterlink_wire.decode)", cumulative(decode)),
@@ -688,23 +740,20 @@ def profile(engine: Engine, polls: Sequence[tuple[int, list[bytes]]]) -> None:
          cumulative(_WireChunk.add, _WireChunk.take) - cumulative(decode)),
         ("validation (Validator.check)", cumulative(Validator.check)),
         ("rows (SeriesTable.rows_for)", cumulative(SeriesTable.rows_for)),
-        ("ordering (series_order) + backdated",
-         cumulative(series_order, Validator.backdated)),
+        ("ordering (series_order) + backdated", cumulative(series_order, Validator.backdated)),
     ]  # fmt: skip
     for detector in engine.detectors:
-        kind = type(detector)
-        stages.append(
-            (f"{detector.name} score + learn", cumulative(kind.score, kind.learn))  # type: ignore[arg-type]
-        )
+        kind: Any = type(detector)
+        stages.append((f"{detector.name} score + learn", cumulative(kind.score, kind.learn)))
     stages += [
         ("interpolation (Interpolator.fill)", cumulative(Interpolator.fill)),
         ("table update (SeriesTable.update)", cumulative(SeriesTable.update)),
         ("episodes (EpisodeTracker.update)", cumulative(EpisodeTracker.update)),
         ("quality score", cumulative(quality_module.score)),
     ]
-    print("    stages (cumulative time; a rule's score/learn include the table reads they make):")
-    for name, seconds in stages:
-        print(f"      {seconds:7.3f} s {100 * seconds / total:5.1f} %  {name}")
+    lines.append("  stages (cumulative; a rule's score/learn include the table reads it makes):")
+    lines += [f"    {s:7.3f} s {100 * s / total:5.1f} %  {name}" for name, s in stages]
+    return lines
 
 
 # --- one fleet size ------------------------------------------------------------------------------
@@ -728,98 +777,120 @@ class SizeResult:
     series: int = 0
     capacity: int = 0
     rss_delta: int = 0
+    profile: list[str] = field(default_factory=list)
+
+
+Polls = list[tuple[int, list[bytes]]]
 
 
 def log(message: str) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def warm_up(fleet: Fleet, warm: int, naive_meters: int) -> tuple[Engine, Naive, int]:
+    """An engine and a naive implementation fed ``warm`` polls, and the RSS the warm-up added."""
+    gc.collect()
+    before = rss_bytes()
+    engine = DetectSettings().build_engine()
+    naive = Naive()
+    for step in range(warm):
+        engine.process(fleet.columns(step), now_ms=now_ms(step))
+        naive.feed_columns(fleet.columns(step, naive_meters), now_ms(step))
+    gc.collect()
+    naive.tally = Tally()
+    return engine, naive, rss_bytes() - before
+
+
+def engine_run(
+    engine: Engine, polls: Polls, subset: int, fleet: Fleet | None
+) -> tuple[float, float, Tally]:
+    """(decode s, engine s, results) of the timed polls; ``fleet`` given: check the columns."""
+    tally = Tally()
+    decode_s = engine_s = 0.0
+    for step, messages in polls:
+        start = time.perf_counter()
+        columns = join_wire_chunk(messages)
+        middle = time.perf_counter()
+        detection = engine.process(columns, now_ms=now_ms(step))
+        end = time.perf_counter()
+        decode_s += middle - start
+        engine_s += end - middle
+        tally_engine(tally, engine, detection, subset)
+        if fleet is not None:
+            assert same_columns(columns, fleet.columns(step)), "decode + join != workload"
+    return decode_s, engine_s, tally
+
+
+def join_times(batches: Sequence[ReadingBatch], check: bool) -> tuple[float, float]:
+    """Seconds to join decoded batches the replay reader's way and with offsets."""
+    start = time.perf_counter()
+    replay = join_replay_style(batches)
+    middle = time.perf_counter()
+    offsets = join_offsets(batches)
+    end = time.perf_counter()
+    if check:
+        assert same_columns(replay, offsets), "offset join differs"
+    return middle - start, end - middle
+
+
+def naive_run(naive: Naive, polls: Polls, gateways: int) -> tuple[float, Tally]:
+    """Seconds for the naive implementation on the first ``gateways`` messages of each poll."""
+    start = time.perf_counter()
+    for step, messages in polls:
+        for data in messages[:gateways]:
+            naive.feed_message(data, now_ms(step))
+    return time.perf_counter() - start, naive.tally
+
+
 def run_size(
-    meters: int, warm: int, timed: int, repeat: int, naive_cap: int, with_profile: bool
+    meters: int, *, warm: int, timed: int, repeat: int, naive_cap: int, with_profile: bool
 ) -> SizeResult:
-    fleet = Fleet(meters, correction=warm + 1)
+    fleet = Fleet(meters, warm)
     gateways = -(-min(meters, naive_cap) // GATEWAY_METERS)
     result = SizeResult(meters, warm, timed, min(meters, gateways * GATEWAY_METERS))
     log(f"{meters:,} meters: encoding {timed} polls of {-(-meters // GATEWAY_METERS):,} messages")
     polls = [(step, fleet.messages(step)) for step in range(warm, warm + timed)]
     log(f"{meters:,} meters: warming up ({warm} polls)")
-    gc.collect()
-    rss_before = rss_bytes()
-    engine = DetectSettings().build_engine()
-    naive = Naive()
-    for step in range(warm):
-        columns = fleet.columns(step)
-        engine.process(columns, now_ms=now_ms(step))
-        naive.feed_columns(fleet.columns(step, result.naive_meters), now_ms(step))
-    del columns
-    gc.collect()
-    result.rss_delta = rss_bytes() - rss_before
+    engine, naive, result.rss_delta = warm_up(fleet, warm, result.naive_meters)
     result.state = state_bytes(engine)
     result.series, result.capacity = len(engine.table), engine.table.capacity
-    naive.tally = Tally()
+    batches = [decode(data) for data in polls[0][1]]
     rates, decodes, engines, naive_rates, replay_joins, offset_joins = [], [], [], [], [], []
-    readings = sum(meters for _ in polls)
     for run in range(repeat):
         log(f"{meters:,} meters: run {run + 1}/{repeat}")
         live = clone(engine)
-        tally = Tally()
         gc.collect()
-        decode_s = engine_s = 0.0
-        for step, messages in polls:
-            start = time.perf_counter()
-            columns = join_wire_chunk(messages)
-            middle = time.perf_counter()
-            detection = live.process(columns, now_ms=now_ms(step))
-            end = time.perf_counter()
-            decode_s += middle - start
-            engine_s += end - middle
-            tally_engine(tally, live, detection, result.naive_meters)
-            if run == 0:
-                assert same_columns(columns, fleet.columns(step)), "decode + join != workload"
-        del live, detection, columns
-        rates.append(readings / (decode_s + engine_s))
+        decode_s, engine_s, tally = engine_run(
+            live, polls, result.naive_meters, fleet if run == 0 else None
+        )
+        del live
+        rates.append(meters * len(polls) / (decode_s + engine_s))
         decodes.append(decode_s)
         engines.append(engine_s)
         if run == 0:
             result.engine_tally = tally
-        else:
-            assert tally.key() == result.engine_tally.key(), "engine results differ between runs"
-        # the join alone, both ways, on the decoded batches of the first timed poll
-        batches = [decode(data) for data in polls[0][1]]
-        start = time.perf_counter()
-        replay = join_replay_style(batches)
-        middle = time.perf_counter()
-        offsets = join_offsets(batches)
-        replay_joins.append(middle - start)
-        offset_joins.append(time.perf_counter() - middle)
-        if run == 0:
-            assert same_columns(replay, offsets), "offset join differs"
-        del batches, replay, offsets
-        # naive, from the same warm state, on the messages of its gateways
+        assert tally.key() == result.engine_tally.key(), "engine results differ between runs"
+        replay_s, offsets_s = join_times(batches, check=run == 0)
+        replay_joins.append(replay_s)
+        offset_joins.append(offsets_s)
         baseline = copy.deepcopy(naive)
         gc.collect()
-        start = time.perf_counter()
-        for step, messages in polls:
-            for data in messages[:gateways]:
-                baseline.feed_message(data, now_ms(step))
-        naive_rates.append(result.naive_meters * len(polls) / (time.perf_counter() - start))
-        if run == 0:
-            result.naive_tally = baseline.tally
+        seconds, result.naive_tally = naive_run(baseline, polls, gateways)
+        naive_rates.append(result.naive_meters * len(polls) / seconds)
         del baseline
-    result.rate = statistics.median(rates)
-    result.decode_s = statistics.median(decodes)
-    result.engine_s = statistics.median(engines)
-    result.naive_rate = statistics.median(naive_rates)
+    del batches
+    result.rate, result.naive_rate = statistics.median(rates), statistics.median(naive_rates)
+    result.decode_s, result.engine_s = statistics.median(decodes), statistics.median(engines)
     result.join_replay_s = statistics.median(replay_joins)
     result.join_offsets_s = statistics.median(offset_joins)
     if with_profile:
         log(f"{meters:,} meters: profiling")
         profiled = polls if meters <= SMALL else polls[:1]
-        print(
-            f"\nprofile at {meters:,} meters ({len(profiled)} poll(s) of {meters:,} readings, "
-            "cProfile, one pass, outside the timed runs):"
-        )
-        profile(clone(engine), profiled)
+        result.profile = [
+            f"\nprofile at {meters:,} meters: {len(profiled)} poll(s) of {meters:,} readings, "
+            "decode + join + process, cProfile, one pass outside the timed runs",
+            *profile(clone(engine), profiled),
+        ]
     return result
 
 
@@ -876,7 +947,8 @@ def report(results: list[SizeResult], repeat: int, traced: tuple[int, float, int
             f"{naive.rejected:,}; estimates {engine.estimates:,} / {naive.estimates:,}: {same}"
         )
         rules = sorted(set(engine.alerts) | set(naive.alerts))
-        print("    " + "  ".join(f"{rule} {engine.alerts[rule]}/{naive.alerts[rule]}" for rule in rules))
+        pairs = [f"{rule} {engine.alerts[rule]}/{naive.alerts[rule]}" for rule in rules]
+        print("    per rule, engine/naive: " + "  ".join(pairs))
     print(
         f"\nstate per meter-channel at window {WINDOW} (allocated arrays / series; "
         f"target <= {TARGET_BYTES:,} B)"
@@ -917,7 +989,7 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.meters, args.repeat = [2_000, 20_000], 1
+        args.meters, args.repeat = [2_000, 10_000], 1
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     started = time.perf_counter()
@@ -927,17 +999,28 @@ def main() -> None:
     )
     results = []
     for meters in args.meters:
-        if args.quick:
-            warm, timed = 10, 3
+        if args.quick or meters > SMALL:
+            # every series has MIN_POINTS readings by the first timed poll: the robust z-score
+            # judges every timed reading
+            warm, timed = MIN_POINTS + JOIN_SPREAD - 1, 3
         else:
-            warm, timed = (60, 30) if meters <= SMALL else (10, 3)
+            warm, timed = WINDOW, 30  # full windows
         results.append(
-            run_size(meters, warm, timed, args.repeat, args.naive_meters, not args.no_profile)
+            run_size(
+                meters,
+                warm=warm,
+                timed=timed,
+                repeat=args.repeat,
+                naive_cap=args.naive_meters,
+                with_profile=not args.no_profile,
+            )
         )
     traced_meters = 2_000 if args.quick else 10_000
     log(f"tracemalloc at {traced_meters:,} meters")
     per_series, capacity = traced_bytes(traced_meters, 12)
     report(results, args.repeat, (traced_meters, per_series, capacity))
+    for result in results:
+        print("\n".join(result.profile))
     print(f"\n(run took {time.perf_counter() - started:.0f} s)")
 
 
