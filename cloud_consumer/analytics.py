@@ -227,15 +227,18 @@ def hourly(columns: ReadingColumns) -> HourlyAggregates:
     ids = columns.meter_ids
     used = np.zeros(len(ids), dtype=np.bool_)
     used[columns.meter] = True
-    # Canonical dictionary: only meters with readings, sorted (a loop per meter, not reading).
-    ranked = sorted(np.flatnonzero(used).tolist(), key=ids.__getitem__)
+    # Canonical dictionary: only meters with readings, sorted (a loop per meter, not reading);
+    # a dictionary joined from messages may hold an id at several positions.
+    positions = np.flatnonzero(used).tolist()
+    names = sorted({ids[i] for i in positions})
+    code = {name: k for k, name in enumerate(names)}
     rank = np.zeros(len(ids), dtype=np.int32)
-    rank[ranked] = np.arange(len(ranked), dtype=np.int32)
+    rank[positions] = [code[ids[i]] for i in positions]
     size = len(columns)
     value = columns.value.astype(np.float64, copy=False)
     ts_ms = columns.ts_ms.astype(np.int64, copy=False)
     return _combine(
-        tuple(ids[i] for i in ranked),
+        tuple(names),
         meter=rank[columns.meter] if size else np.empty(0, np.int32),
         channel=columns.channel,
         unit=columns.unit,

@@ -121,10 +121,14 @@ class RowError:
 class ReadingColumns:
     """A chunk of readings as numpy columns of equal length.
 
-    ``meter`` indexes ``meter_ids`` (the chunk's own dictionary, in order of first appearance);
-    ``channel`` and ``unit`` are :class:`Channel` / :class:`Unit` codes, unit 0 meaning "not
-    given" (the engine infers it later). ``count`` is the number of raw readings behind each value
-    (wire window rows); None when every value is one reading (CSV, JSON lines).
+    ``meter`` indexes ``meter_ids`` (the chunk's own dictionary); ``channel`` and ``unit`` are
+    :class:`Channel` / :class:`Unit` codes, unit 0 meaning "not given" (the engine infers it
+    later). ``count`` is the number of raw readings behind each value (wire window rows); None
+    when every value is one reading (CSV, JSON lines). ``dictionaries``, for a chunk joined from
+    wire messages, are the messages' own meter dictionaries, whose concatenation is
+    ``meter_ids`` (an id may then appear more than once); the detection table maps a dictionary
+    it has seen before to its rows without a lookup per meter. Empty otherwise, and then
+    ``meter_ids`` holds each id once, in order of first appearance.
     """
 
     meter_ids: tuple[str, ...]
@@ -134,6 +138,7 @@ class ReadingColumns:
     ts_ms: npt.NDArray[np.int64]
     value: npt.NDArray[np.float64]
     count: npt.NDArray[np.int64] | None = None
+    dictionaries: tuple[tuple[str, ...], ...] = ()
 
     def __len__(self) -> int:
         return len(self.meter)
@@ -607,10 +612,16 @@ def read_jsonl(
 
 
 class _WireChunk:
-    """Decoded wire batches of one chunk, joined into ReadingColumns on ``take``."""
+    """Decoded wire batches of one chunk, joined into ReadingColumns on ``take``.
+
+    Joined by offsets: each message's dictionary is appended as it is and its meter indices
+    shifted, so joining costs no lookup per meter (the dictionaries travel along in
+    ``ReadingColumns.dictionaries``).
+    """
 
     def __init__(self) -> None:
-        self.ids: dict[str, int] = {}
+        self.dictionaries: list[tuple[str, ...]] = []
+        self.offset = 0
         self.meter: list[npt.NDArray[np.int32]] = []
         self.channel: list[npt.NDArray[np.uint8]] = []
         self.unit: list[npt.NDArray[np.uint8]] = []
@@ -622,8 +633,11 @@ class _WireChunk:
 
     def add(self, data: bytes) -> None:
         batch = decode(data)
-        remap = np.array([self.ids.setdefault(m, len(self.ids)) for m in batch.meters], np.int32)
-        self.meter.append(remap[batch.meter] if len(batch) else np.empty(0, np.int32))
+        if not len(batch):
+            return
+        self.dictionaries.append(batch.meters)
+        self.meter.append(batch.meter + np.int32(self.offset))
+        self.offset += len(batch.meters)
         self.channel.append(batch.channel)
         self.unit.append(batch.unit)
         self.ts.append(batch.start_ms)
@@ -636,13 +650,14 @@ class _WireChunk:
             return np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype)
 
         columns = ReadingColumns(
-            meter_ids=tuple(self.ids),
+            meter_ids=tuple(itertools.chain.from_iterable(self.dictionaries)),
             meter=join(self.meter, np.int32),
             channel=join(self.channel, np.uint8),
             unit=join(self.unit, np.uint8),
             ts_ms=join(self.ts, np.int64),
             value=join(self.value, np.float64),
             count=join(self.count, np.int64),
+            dictionaries=tuple(self.dictionaries),
         )
         return columns, self.errors
 

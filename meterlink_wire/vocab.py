@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -200,13 +201,64 @@ def validate_event_reason(value: object) -> str:
     return value
 
 
+class KnownDictionaries:
+    """Meter dictionaries already validated, each kept as one canonical tuple.
+
+    A gateway resends the same meter dictionary every window, so validating it again (a regex
+    over every id and a set for duplicates) is wasted work; a lookup costs one hash per id.
+    Returning the *same* tuple object each time also lets consumers cache per dictionary by
+    identity (the detection table maps a known dictionary to its rows with no lookup per meter).
+    Bounded by the number of ids held: past ``max_ids`` the cache starts over.
+    """
+
+    def __init__(self, max_ids: int = 2_000_000) -> None:
+        self.max_ids = max_ids
+        self._known: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._ids = 0
+
+    def get(self, values: tuple[str, ...]) -> tuple[str, ...] | None:
+        """The canonical tuple equal to ``values`` if it was validated before."""
+        return self._known.get(values)
+
+    def add(self, values: tuple[str, ...]) -> tuple[str, ...]:
+        """Remember a validated dictionary; return its canonical tuple."""
+        if self._ids + len(values) > self.max_ids:
+            self._known.clear()
+            self._ids = 0
+        self._known[values] = values
+        self._ids += len(values)
+        return values
+
+
+METER_DICTIONARIES = KnownDictionaries()
+"""Meter dictionaries validated so far (see :class:`KnownDictionaries`)."""
+
+
 def validate_dictionary(values: object, field: str, item: Reason) -> tuple[str, ...]:
     """Check a per-message dictionary: a list of unique strings, each valid for its field.
 
-    ``item`` picks the pattern: BAD_ID for meter ids, BAD_VALUE for event reasons.
+    ``item`` picks the pattern: BAD_ID for meter ids, BAD_VALUE for event reasons. Meter
+    dictionaries seen before are recognised in :data:`METER_DICTIONARIES` and returned as the
+    same tuple object.
     """
     if not isinstance(values, list | tuple):
         raise WireError(Reason.BAD_TYPE, f"{field} must be a list, got {show(values)}")
+    if item is Reason.BAD_ID:
+        try:
+            key = tuple(values)
+            known = METER_DICTIONARIES.get(key)
+        except TypeError:  # unhashable entries: not strings, the checks below say so
+            known = key = None
+        if known is not None:
+            return known
+        checked = _check_dictionary(values, field, item)
+        return checked if key is None else METER_DICTIONARIES.add(key)
+    return _check_dictionary(values, field, item)
+
+
+def _check_dictionary(
+    values: list[Any] | tuple[Any, ...], field: str, item: Reason
+) -> tuple[str, ...]:
     try:
         joined = "\0".join(values) + "\0" if values else ""
     except TypeError:

@@ -179,7 +179,9 @@ class Engine:
             return Detection(
                 [], quality.score(flags, *self._none(n)), flags, value, unit, Estimates.empty()
             )
-        rows = self.table.rows_for(columns.meter_ids, channel[keep], meter[keep])
+        rows = self.table.rows_for(
+            columns.meter_ids, channel[keep], meter[keep], columns.dictionaries
+        )
         order = series_order(rows, ts[keep])
         position, rows = keep[order], rows[order]
         back = Validator.backdated(rows, ts[position], self.table.last(rows)[1])

@@ -49,7 +49,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -70,6 +70,7 @@ _PREFIX = struct.Struct("<8sHII")  # magic, version, header length, CRC-32 of wh
 _REFRESH_CHUNK = 1_024
 _MAX_WINDOW = 1 << 16
 _INT64_MIN = np.iinfo(np.int64).min
+_MAX_DICTIONARIES = 1 << 16  # meter dictionaries remembered by identity (then start over)
 
 
 class SnapshotError(Exception):
@@ -104,8 +105,12 @@ class SeriesTable:
             raise ValueError(f"horizon_ms must be positive, got {horizon_ms}")
         self.window = window
         self.horizon_ms = horizon_ms
-        self._index: dict[int, dict[str, int]] = {}  # channel -> meter id -> row
         self._keys: list[SeriesKey] = []
+        self._meter_code: dict[str, int] = {}  # meter id -> code (numbered in order seen)
+        self._meter_ids: list[str] = []  # code -> meter id
+        self._row_of: dict[int, IntArray] = {}  # channel -> row of each meter code (-1: none)
+        # id(dictionary) -> (dictionary, its meter codes): a tuple seen before costs one lookup
+        self._dictionaries: dict[int, tuple[Sequence[str], IntArray]] = {}
         self._alloc(max(1, capacity))
 
     def _alloc(self, capacity: int) -> None:
@@ -146,24 +151,54 @@ class SeriesTable:
         keys = self._keys
         return [keys[row] for row in np.asarray(rows, dtype=np.int64).tolist()]
 
+    def meter_codes(self, meters: Sequence[str]) -> IntArray:
+        """The table's code of each meter id (numbered in the order first seen).
+
+        A tuple passed again (the *same object*: the wire decoder returns one canonical tuple per
+        known meter dictionary) is answered from a cache with no lookup per meter.
+        """
+        cached = self._dictionaries.get(id(meters))
+        if cached is not None and cached[0] is meters:
+            return cached[1]
+        known = self._meter_code
+        found = list(map(known.get, meters))
+        if None in found:
+            for i, code in enumerate(found):
+                if code is None:
+                    found[i] = known.get(meters[i])
+                    if found[i] is None:  # not repeated earlier in this dictionary
+                        found[i] = known[meters[i]] = len(self._meter_ids)
+                        self._meter_ids.append(meters[i])
+        codes = np.array(found, dtype=np.int64)
+        if isinstance(meters, tuple):
+            if len(self._dictionaries) >= _MAX_DICTIONARIES:
+                self._dictionaries.clear()
+            self._dictionaries[id(meters)] = (meters, codes)
+        return codes
+
     def rows_for(
         self,
         meters: Sequence[str],
         channels: npt.ArrayLike,
         index: npt.ArrayLike | None = None,
+        dictionaries: Sequence[Sequence[str]] = (),
     ) -> IntArray:
         """Row index of each reading's series, creating rows for series seen for the first time.
 
         Either ``meters`` holds one meter id per reading, or (``index`` given) it is a batch's
         meter dictionary and ``index`` maps each reading into it, as in
         :class:`meterlink_wire.batch.ReadingBatch` (``batch.meters, batch.channel, batch.meter``).
-        Pairs are factorised with numpy; Python work is done once per unique pair.
+        ``dictionaries``, when given, are the message dictionaries whose concatenation is
+        ``meters`` (a batch joined from wire messages): each is mapped to meter codes once, by
+        identity when seen before. The dictionary may repeat an id. New series get rows in the
+        order of their first position in the dictionary, then channel.
         """
         chan = np.asarray(channels).astype(np.int64)
         if index is None:
             dictionary, inverse = np.unique(np.asarray(meters, dtype=np.str_), return_inverse=True)
             meter_ids: Sequence[str] = dictionary.tolist()
             meter_index = inverse.reshape(-1).astype(np.int64)
+            dictionaries = ()
         else:
             meter_ids = meters
             meter_index = np.asarray(index).astype(np.int64)
@@ -175,57 +210,63 @@ class SeriesTable:
             raise ValueError("channel codes must be in [0, 255]")
         if meter_index.min() < 0 or meter_index.max() >= len(meter_ids):
             raise ValueError("meter index outside the meter dictionary")
+        codes = self._dictionary_codes(meter_ids, dictionaries)[meter_index]
+        rows = self._lookup(chan, codes)
+        if rows.min() < 0:
+            self._add_rows(chan, meter_index, codes)
+            rows = self._lookup(chan, codes)
+        return rows
+
+    def _lookup(self, chan: IntArray, codes: IntArray) -> IntArray:
+        """Row of each (channel, meter code) pair, -1 where there is none yet."""
+        first = int(chan[0])
+        if (chan == first).all():  # the usual batch: one channel
+            single: IntArray = self._channel_rows(first)[codes]
+            return single
+        result = np.empty(chan.size, dtype=np.int64)
         present = np.zeros(256, dtype=np.bool_)
         present[chan] = True
-        chan_codes = np.flatnonzero(present)
-        chan_rank = np.zeros(256, dtype=np.int64)
-        chan_rank[chan_codes] = np.arange(chan_codes.size)
-        pair = meter_index * chan_codes.size + chan_rank[chan]
-        space = len(meter_ids) * chan_codes.size
-        if space <= 4 * chan.size + 4096:  # dense code space: a mask beats sorting
-            seen = np.zeros(space, dtype=np.bool_)
-            seen[pair] = True
-            unique = np.flatnonzero(seen)
-            lookup = np.empty(space, dtype=np.int64)
-            lookup[unique] = self._rows_of_pairs(unique, chan_codes, meter_ids)
-            result: IntArray = lookup[pair]
-            return result
-        unique, inverse = np.unique(pair, return_inverse=True)
-        result = self._rows_of_pairs(unique, chan_codes, meter_ids)[inverse.reshape(-1)]
+        for code in np.flatnonzero(present).tolist():
+            where = np.flatnonzero(chan == code)
+            result[where] = self._channel_rows(code)[codes[where]]
         return result
 
-    def _rows_of_pairs(
-        self, pairs: IntArray, chan_codes: IntArray, meter_ids: Sequence[str]
+    def _dictionary_codes(
+        self, meter_ids: Sequence[str], dictionaries: Sequence[Sequence[str]]
     ) -> IntArray:
-        """Rows of sorted unique (meter, channel rank) codes; new series get rows in code order."""
-        width = chan_codes.size
-        meter_of = pairs // width
-        chan_of = pairs % width
-        found = np.empty(pairs.size, dtype=np.int64)
-        missing: list[tuple[int, str, int]] = []
-        # One dict per channel keyed by meter id: str hashes are cached, so a lookup is cheaper
-        # than hashing a (meter, channel) tuple.
-        for rank, code in enumerate(chan_codes.tolist()):
-            where = np.flatnonzero(chan_of == rank) if width > 1 else np.arange(pairs.size)
-            names = list(map(meter_ids.__getitem__, meter_of[where].tolist()))
-            rows = list(map(self._index.setdefault(code, {}).get, names))
-            if None in rows:
-                positions = where.tolist()
-                for i, row in enumerate(rows):
-                    if row is None:
-                        missing.append((positions[i], names[i], code))
-                        rows[i] = -1
-            found[where] = cast(list[int], rows)  # None replaced by -1 above
-        if missing:
-            missing.sort()
-            size = len(self._keys)
-            for position, name, code in missing:
-                self._index[code][name] = size
-                self._keys.append((name, code))
-                found[position] = size
+        """Meter codes of a batch dictionary, or of the message dictionaries joined into it."""
+        if not dictionaries:
+            return self.meter_codes(meter_ids)
+        parts = [self.meter_codes(d) for d in dictionaries]
+        codes: IntArray = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if codes.size != len(meter_ids):
+            raise ValueError("dictionaries do not add up to the meter dictionary")
+        return codes
+
+    def _channel_rows(self, channel: int) -> IntArray:
+        """The channel's row-of-meter-code array, grown to every meter code."""
+        rows = self._row_of.get(channel)
+        size = len(self._meter_code)
+        if rows is None or rows.size < size:
+            grown = np.full(max(size, 1024, 0 if rows is None else 2 * rows.size), -1, np.int64)
+            if rows is not None:
+                grown[: rows.size] = rows
+            rows = self._row_of[channel] = grown
+        return rows
+
+    def _add_rows(self, chan: IntArray, positions: IntArray, codes: IntArray) -> None:
+        """Rows for the pairs that have none, in (dictionary position, channel) order."""
+        missing = np.flatnonzero(self._lookup(chan, codes) < 0)
+        order = missing[np.lexsort((chan[missing], positions[missing]))]
+        ids = self._meter_ids
+        size = len(self._keys)
+        for channel, code in zip(chan[order].tolist(), codes[order].tolist(), strict=True):
+            table = self._channel_rows(channel)
+            if table[code] < 0:  # a repeated id in the dictionary maps to one row
+                table[code] = size
+                self._keys.append((ids[code], channel))
                 size += 1
-            self._grow(size)
-        return found
+        self._grow(size)
 
     # --- update -----------------------------------------------------------------------------
 
@@ -469,10 +510,14 @@ class SeriesTable:
             raise SnapshotError("non-finite value in a window")
         table = cls(window, horizon_ms=horizon_ms, capacity=max(1, size))
         table._keys = keys
-        for row, (meter_id, channel) in enumerate(keys):
-            table._index.setdefault(channel, {})[meter_id] = row
-        if sum(map(len, table._index.values())) != size:
+        if len(set(keys)) != size:
             raise SnapshotError("duplicate series key")
+        for row, (meter_id, channel) in enumerate(keys):
+            code = table._meter_code.get(meter_id)
+            if code is None:
+                code = table._meter_code[meter_id] = len(table._meter_ids)
+                table._meter_ids.append(meter_id)
+            table._channel_rows(channel)[code] = row
         # Slots not yet written must be zero, as in a live table (statistics rely on it).
         table._values[:size] = np.where(used, values, 0.0)
         table._ts[:size] = np.where(used, ts, 0)

@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
+from cloud_consumer.analytics import hourly
 from cloud_consumer.replay_input import (
     DEFAULT_CHANNEL,
     ReadingColumns,
@@ -541,3 +542,18 @@ def test_csv_bad_rows_are_isolated_in_pieces(
     assert reference.unit.tolist() == [
         int(Unit.W) if n % 2 else 0 for n in range(2, 32) if n not in bad_lines
     ]
+
+
+def test_wire_chunks_keep_each_message_dictionary(tmp_path: Path) -> None:
+    """Messages are joined by offsets: the chunk's dictionary is theirs concatenated (an id may
+    repeat), and the same meters come back as the same canonical tuple."""
+    path = tmp_path / "wire.jsonl"
+    path.write_bytes(b"\n".join([encode(raw_batch(1)), encode(raw_batch(1))]) + b"\n")
+    columns, errors, _ = read_all(read_wire, path)
+    assert errors == []
+    first, second = columns.dictionaries
+    assert first is second  # one validated dictionary, shared
+    assert columns.meter_ids == (*first, *second)
+    assert columns.meter_names() == ["m1", "shared", "m1", "shared"]
+    aggregates = hourly(columns)  # the repeated ids fold into one meter each
+    assert aggregates.meter_ids == ("m1", "shared")

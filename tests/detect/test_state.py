@@ -462,3 +462,33 @@ def test_out_of_order_timestamps_spanning_the_int64_range() -> None:
     table.update(np.repeat(row, 3), [2**62, -(2**62), 0], [3.0, 1.0, 2.0])
     assert table.window_of(row).values.tolist() == [[1.0, 2.0, 3.0]]
     assert table.window_of(row).ts.tolist() == [[-(2**62), 0, 2**62]]
+
+
+def test_joined_message_dictionaries_map_to_the_same_rows() -> None:
+    """A batch joined from messages (ids repeated across dictionaries) gets the rows a plain
+    dictionary gets, and a dictionary seen before is recognised by identity."""
+    first, second = ("a", "b", "c"), ("c", "d")
+    joined = (*first, *second)
+    index = np.array([0, 1, 2, 3, 4, 2], dtype=np.int64)  # "c" at positions 2 and 3
+    channels = np.full(6, 3)
+    table = SeriesTable(4)
+    rows = table.rows_for(joined, channels, index, (first, second))
+    assert rows.tolist() == [0, 1, 2, 2, 3, 2]
+    assert table.key_of(rows) == [("a", 3), ("b", 3), ("c", 3), ("c", 3), ("d", 3), ("c", 3)]
+    plain = SeriesTable(4)
+    assert plain.rows_for(["a", "b", "c", "c", "d", "c"], channels).tolist() == rows.tolist()
+    codes = table.meter_codes(first)
+    assert table.meter_codes(first) is codes  # the same tuple: no lookup per meter
+    assert table.meter_codes(("a", "b", "c")).tolist() == codes.tolist()
+    with pytest.raises(ValueError, match="add up"):
+        table.rows_for(joined, channels, index, (first,))
+
+
+def test_new_series_get_rows_by_dictionary_position_then_channel() -> None:
+    table = SeriesTable(4)
+    rows = table.rows_for(("x", "y"), np.array([5, 3, 3, 5]), np.array([1, 1, 0, 0]))
+    # position 0 ("x"): channels 3 then 5; position 1 ("y"): channels 3 then 5
+    assert table.key_of(range(4)) == [("x", 3), ("x", 5), ("y", 3), ("y", 5)]
+    assert rows.tolist() == [3, 2, 0, 1]
+    restored = SeriesTable.restore(table.snapshot())
+    assert restored.rows_for(("y", "x"), np.array([5, 3]), np.array([0, 1])).tolist() == [3, 0]
