@@ -549,7 +549,7 @@ def test_wire_chunks_keep_each_message_dictionary(tmp_path: Path) -> None:
     repeat), and the same meters come back as the same canonical tuple."""
     path = tmp_path / "wire.jsonl"
     path.write_bytes(b"\n".join([encode(raw_batch(1)), encode(raw_batch(1))]) + b"\n")
-    columns, errors, _ = read_all(read_wire, path)
+    [(columns, errors)] = list(read_wire(path))
     assert errors == []
     first, second = columns.dictionaries
     assert first is second  # one validated dictionary, shared
