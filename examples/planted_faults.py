@@ -86,8 +86,9 @@ def plant(seed: int = 2026) -> tuple[list[Row], list[Episode]]:
     expected += [("stuck_value", "stuck-01", 249 + 96, None)]
 
     # Zeros from index 150 to the end: zero_run opens after 48 h (192 steps), still open. The
-    # fall to zero is a > 90 % drop (one reading); robust z fires on every zero until 30 zeros
-    # fill half the 60-point window (the median becomes (0 + lowest level)/2, z < 3.5).
+    # fall to zero is a > 90 % drop (one reading); robust z fires on every zero until its
+    # baseline (recomputed every 6 readings from the 30th: at 30, 36, ... 180) has 30 zeros in
+    # the 60-point window, at the 180th reading: the median becomes (0 + lowest level) / 2.
     values = _series(rng, 0.8)
     values[150:] = 0.0
     power("zero-01", values)

@@ -24,7 +24,14 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_consumer.detect.episodes import Severity
-from cloud_consumer.detect.state import BoolArray, FloatArray, IntArray, SeriesTable, SnapshotError
+from cloud_consumer.detect.state import (
+    BoolArray,
+    FloatArray,
+    IntArray,
+    SeriesTable,
+    SnapshotError,
+    grown_size,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,7 +158,9 @@ class RowValues:
 
     def _grow(self, needed: int) -> None:
         if needed > self._data.size:
-            data = np.full(max(needed, 2 * self._data.size, 1024), self.fill, dtype=self.dtype)
+            data = np.full(
+                max(needed, grown_size(self._data.size), 1024), self.fill, dtype=self.dtype
+            )
             data[: self._data.size] = self._data
             self._data = data
 

@@ -30,6 +30,7 @@ from cloud_consumer.detect.state import (
     IntArray,
     SeriesKey,
     SnapshotError,
+    grown_size,
     series_order,
 )
 
@@ -132,7 +133,7 @@ class EpisodeTracker:
         if needed <= capacity:
             return
         while capacity < needed:
-            capacity *= 2
+            capacity = grown_size(capacity)
         active = np.zeros(capacity, dtype=np.bool_)
         opened = np.zeros(capacity, dtype=np.int64)
         active[: self._active.size] = self._active
@@ -183,11 +184,11 @@ class EpisodeTracker:
         if row.min() < 0:
             raise ValueError("negative row index")
         self._grow(int(row.max()) + 1)
-        if not hold.any() and not self._active[row].any():
-            return EpisodeChanges([], [])  # nothing opens, nothing was open: the usual case
-        order = np.arange(n) if ordered else series_order(row, at)
-        if not ordered:
-            row, hold, at = row[order], hold[order], at[order]
+        order = self._involved(row, hold, at, ordered)
+        if not order.size:
+            return EpisodeChanges([], [])
+        row, hold, at = row[order], hold[order], at[order]
+        n = row.size
         first = np.empty(n, dtype=np.bool_)
         first[0] = True
         np.not_equal(row[1:], row[:-1], out=first[1:])
@@ -230,6 +231,21 @@ class EpisodeTracker:
                 found = self._evidence.pop(row_id, {})
                 resolved.append(self._alert(series[i], start, int(at[index]), found))
         return EpisodeChanges(opened, resolved)
+
+    def _involved(self, row: IntArray, hold: BoolArray, at: IntArray, ordered: bool) -> IntArray:
+        """Positions of the readings that can change an episode, in ``(row, at)`` order.
+
+        Only series with an open episode or a holding reading can change: the rest (usually
+        nearly all) are dropped before the work, keeping whole series so their order is intact.
+        """
+        involved = self._active[row]
+        involved |= hold
+        if not involved.any():
+            return np.zeros(0, dtype=np.int64)
+        mark = np.zeros(self._active.size, dtype=np.bool_)
+        mark[row[involved]] = True
+        subset = np.flatnonzero(mark[row])
+        return subset if ordered else subset[series_order(row[subset], at[subset])]
 
     def _alert(
         self,

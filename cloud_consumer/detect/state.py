@@ -73,6 +73,16 @@ _INT64_MIN = np.iinfo(np.int64).min
 _MAX_DICTIONARIES = 1 << 16  # meter dictionaries remembered by identity (then start over)
 
 
+def grown_size(size: int) -> int:
+    """Next capacity of a growing per-row array: +25 %, not x2.
+
+    Per-series state is the engine's whole memory; doubling would leave up to half of it spare
+    right after a growth (2.2 KB allocated per series instead of 1.3). Growth stays amortised
+    O(1) per row.
+    """
+    return size + max(size // 4, 1)
+
+
 class SnapshotError(Exception):
     """Snapshot bytes that cannot be restored (truncated, foreign, corrupt, or a newer version)."""
 
@@ -123,7 +133,7 @@ class SeriesTable:
         if needed <= capacity:
             return
         while capacity < needed:
-            capacity *= 2
+            capacity = grown_size(capacity)
         old = (self._values, self._ts, self._seen)
         self._alloc(capacity)
         new = (self._values, self._ts, self._seen)

@@ -35,7 +35,14 @@ from cloud_consumer.detect.base import (
     unpack_sections,
 )
 from cloud_consumer.detect.episodes import Severity
-from cloud_consumer.detect.state import BoolArray, FloatArray, IntArray, SeriesTable, SnapshotError
+from cloud_consumer.detect.state import (
+    BoolArray,
+    FloatArray,
+    IntArray,
+    SeriesTable,
+    SnapshotError,
+    grown_size,
+)
 from meterlink_wire.vocab import Channel
 
 HOUR_MS = 3_600_000
@@ -81,7 +88,7 @@ class _RowMatrix:
     def _grow(self, needed: int) -> None:
         size = self._data.shape[0]
         if needed > size:
-            data = np.zeros((max(needed, 2 * size, 1024), self.width), dtype=self.dtype)
+            data = np.zeros((max(needed, grown_size(size), 1024), self.width), dtype=self.dtype)
             data[:size] = self._data
             self._data = data
 
