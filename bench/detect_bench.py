@@ -24,9 +24,12 @@ Workload (live gateway traffic, the path a Kinesis consumer sees):
   z-score's baseline refreshes (a series recomputes its median and MAD every 6 of its readings)
   are spread evenly: about a sixth of the series sort their window on each poll, as in a fleet
   that did not all start at the same minute;
+* the last warm-up poll is decoded from wire messages like the timed ones, so the decoder and
+  the series table know each gateway's meter dictionary, as in a consumer that has run for a
+  minute (a gateway resends the same dictionary every window);
 * sizes: up to 100,000 meters, 60 warm-up polls (full windows) then 30 timed polls; above,
   ``min_points + refresh - 1`` (35) warm-up polls, so every series has the robust z-score's 30
-  points and it judges every timed reading, then 3 timed polls. Warm-up polls go to the engine
+  points and it judges every timed reading, then 3 timed polls. Other warm-up polls go to the engine
   as ReadingColumns (untimed; equal to what decode + join gives, checked on the timed polls);
   every run starts from a deep copy of the warmed engine, so all runs do the same work.
 
@@ -794,7 +797,10 @@ def warm_up(fleet: Fleet, warm: int, naive_meters: int) -> tuple[Engine, Naive, 
     engine = DetectSettings().build_engine()
     naive = Naive()
     for step in range(warm):
-        engine.process(fleet.columns(step), now_ms=now_ms(step))
+        # The last warm-up poll goes through the wire path, as a consumer that has been running
+        # for a while: gateways' meter dictionaries are known to the decoder and the table.
+        columns = join_wire_chunk(fleet.messages(step)) if step == warm - 1 else fleet.columns(step)
+        engine.process(columns, now_ms=now_ms(step))
         naive.feed_columns(fleet.columns(step, naive_meters), now_ms(step))
     gc.collect()
     naive.tally = Tally()

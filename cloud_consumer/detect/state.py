@@ -127,6 +127,10 @@ class SeriesTable:
         self._values = np.zeros((capacity, self.window), dtype=np.float64)
         self._ts = np.zeros((capacity, self.window), dtype=np.int64)
         self._seen = np.zeros(capacity, dtype=np.int64)  # readings ever applied to the row
+        # The newest reading of each row, also in the ring: a compact copy, because nearly every
+        # rule reads it every step and a gather from the ring costs a cache miss per row.
+        self._newest_value = np.full(capacity, np.nan)
+        self._newest_ts = np.full(capacity, -1, dtype=np.int64)
 
     def _grow(self, needed: int) -> None:
         capacity = len(self._seen)
@@ -134,9 +138,9 @@ class SeriesTable:
             return
         while capacity < needed:
             capacity = grown_size(capacity)
-        old = (self._values, self._ts, self._seen)
+        old = (self._values, self._ts, self._seen, self._newest_value, self._newest_ts)
         self._alloc(capacity)
-        new = (self._values, self._ts, self._seen)
+        new = (self._values, self._ts, self._seen, self._newest_value, self._newest_ts)
         for target, source in zip(new, old, strict=True):
             target[: len(source)] = source
 
@@ -153,7 +157,7 @@ class SeriesTable:
     @property
     def nbytes(self) -> int:
         """Bytes held by the numpy arrays (allocated capacity, not just used rows)."""
-        arrays = (self._values, self._ts, self._seen)
+        arrays = (self._values, self._ts, self._seen, self._newest_value, self._newest_ts)
         return sum(a.nbytes for a in arrays)
 
     def key_of(self, rows: Sequence[int] | IntArray) -> list[SeriesKey]:
@@ -307,6 +311,9 @@ class SeriesTable:
         np.not_equal(row[1:], row[:-1], out=first[1:])
         starts = np.flatnonzero(first)
         unique = row[starts]
+        newest = np.append(starts[1:], n) - 1
+        self._newest_value[unique] = value[newest]
+        self._newest_ts[unique] = ts[newest]
         before = self._seen[unique]
         if starts.size == n:  # one reading per series: no ranks needed
             slot = before % width
@@ -409,6 +416,8 @@ class SeriesTable:
         where the row has not seen that many or it has left the ring).
         """
         index = np.asarray(rows, dtype=np.int64)
+        if back == 0:
+            return self._newest_value[index], self._newest_ts[index]
         seen = self._seen[index]
         flat = index * self.window + (seen - 1 - back) % self.window
         empty = seen <= back if back < self.window else np.ones(index.size, dtype=np.bool_)
@@ -532,6 +541,10 @@ class SeriesTable:
         table._values[:size] = np.where(used, values, 0.0)
         table._ts[:size] = np.where(used, ts, 0)
         table._seen[:size] = seen
+        written = np.flatnonzero(seen > 0)
+        newest = written * window + (seen[written] - 1) % window
+        table._newest_value[written] = table._values.reshape(-1)[newest]
+        table._newest_ts[written] = table._ts.reshape(-1)[newest]
         return table
 
 
