@@ -23,25 +23,12 @@ from cloud_consumer.detect.rules.flatline import (
 )
 from cloud_consumer.detect.state import SnapshotError
 from cloud_consumer.detect.validate import Flag
-from cloud_consumer.replay_input import ReadingColumns
 from meterlink_wire.vocab import Channel, Unit
+from tests.detect.readings import Reading, columns
 
 H = HOUR_MS
 POWER = int(Channel.POWER)
-Reading = tuple[str, int, float, int, int]  # meter, ts_ms, value, channel, unit
 START = 19_676 * DAY_MS  # a UTC midnight (2023-11-15T00:00Z)
-
-
-def columns(readings: Sequence[Reading]) -> ReadingColumns:
-    ids = tuple(dict.fromkeys(r[0] for r in readings))
-    return ReadingColumns(
-        meter_ids=ids,
-        meter=np.array([ids.index(r[0]) for r in readings], dtype=np.int32),
-        channel=np.array([r[3] for r in readings], dtype=np.uint8),
-        unit=np.array([r[4] for r in readings], dtype=np.uint8),
-        ts_ms=np.array([r[1] for r in readings], dtype=np.int64),
-        value=np.array([r[2] for r in readings], dtype=np.float64),
-    )
 
 
 def hourly(

@@ -21,10 +21,8 @@ from cloud_consumer.detect.rules.gaps import (
     MissingShortDetector,
 )
 from cloud_consumer.detect.validate import Flag, Validator
-from cloud_consumer.replay_input import ReadingColumns
 from meterlink_wire.vocab import Channel, Unit
-
-Reading = tuple[str, int, float, int, int]  # meter, ts_ms, value, channel, unit
+from tests.detect.readings import Reading, columns
 
 T0 = 1_767_571_200_000  # 2026-01-05T00:00:00Z
 MINUTE = 60_000
@@ -32,18 +30,6 @@ HOUR = 3_600_000
 CADENCE = 15 * MINUTE
 POWER, FLOW = int(Channel.POWER), int(Channel.FLOW)
 KW = int(Unit.KW)
-
-
-def columns(readings: Sequence[Reading]) -> ReadingColumns:
-    ids = tuple(dict.fromkeys(r[0] for r in readings))
-    return ReadingColumns(
-        meter_ids=ids,
-        meter=np.array([ids.index(r[0]) for r in readings], dtype=np.int32),
-        channel=np.array([r[3] for r in readings], dtype=np.uint8),
-        unit=np.array([r[4] for r in readings], dtype=np.uint8),
-        ts_ms=np.array([r[1] for r in readings], dtype=np.int64),
-        value=np.array([r[2] for r in readings], dtype=np.float64),
-    )
 
 
 def at(meter: str, ts: int, value: float = 1.0, channel: int = POWER, unit: int = KW) -> Reading:

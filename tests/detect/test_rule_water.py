@@ -21,8 +21,8 @@ from cloud_consumer.detect.rules.water import (
 )
 from cloud_consumer.detect.state import SnapshotError
 from cloud_consumer.detect.validate import Validator
-from cloud_consumer.replay_input import ReadingColumns
 from meterlink_wire.vocab import Channel, Unit
+from tests.detect.readings import Reading, columns
 
 FLOW = int(Channel.FLOW)
 VOLUME = int(Channel.VOLUME)
@@ -32,20 +32,6 @@ HOUR = 3_600_000
 MINUTE = 60_000
 NAN = math.nan
 BATCHES = [1, 7, 10_000]
-
-Reading = tuple[str, int, float, int, int]  # meter, ts_ms, value, channel, unit
-
-
-def columns(readings: Sequence[Reading]) -> ReadingColumns:
-    ids = tuple(dict.fromkeys(r[0] for r in readings))
-    return ReadingColumns(
-        meter_ids=ids,
-        meter=np.array([ids.index(r[0]) for r in readings], dtype=np.int32),
-        channel=np.array([r[3] for r in readings], dtype=np.uint8),
-        unit=np.array([r[4] for r in readings], dtype=np.uint8),
-        ts_ms=np.array([r[1] for r in readings], dtype=np.int64),
-        value=np.array([r[2] for r in readings], dtype=np.float64),
-    )
 
 
 def readings_of(

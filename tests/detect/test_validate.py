@@ -20,10 +20,8 @@ from cloud_consumer.detect.validate import (
     ValidationConfig,
     Validator,
 )
-from cloud_consumer.replay_input import ReadingColumns
 from meterlink_wire.vocab import Channel, Unit
-
-Reading = tuple[str, int, float, int, int]  # meter, ts_ms, value, channel, unit
+from tests.detect.readings import Reading, columns
 
 T0 = 1_767_571_200_000  # 2026-01-05T00:00:00Z
 MINUTE = 60_000
@@ -32,18 +30,6 @@ NOW = T0 + HOUR  # server time in the tests that pass one
 POWER, ENERGY, VOLUME = int(Channel.POWER), int(Channel.ENERGY_IMPORT), int(Channel.VOLUME)
 FLOW, PRESSURE, VOLTAGE = int(Channel.FLOW), int(Channel.PRESSURE), int(Channel.VOLTAGE)
 NONE = 0  # unit not given
-
-
-def columns(readings: Sequence[Reading]) -> ReadingColumns:
-    ids = tuple(dict.fromkeys(r[0] for r in readings))
-    return ReadingColumns(
-        meter_ids=ids,
-        meter=np.array([ids.index(r[0]) for r in readings], dtype=np.int32),
-        channel=np.array([r[3] for r in readings], dtype=np.uint8),
-        unit=np.array([r[4] for r in readings], dtype=np.uint8),
-        ts_ms=np.array([r[1] for r in readings], dtype=np.int64),
-        value=np.array([r[2] for r in readings], dtype=np.float64),
-    )
 
 
 def one(value: float, channel: int = POWER, unit: int = int(Unit.KW), ts: int = T0) -> Reading:

@@ -13,10 +13,22 @@ import pkgutil
 from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 
 Reading = tuple[str, int, int, int, float]
 """meter, channel code, unit code, ts_ms, value"""
 Plant = Callable[[np.random.Generator], list[list[Reading]]]
+
+
+def series(
+    meter: str,
+    kind: tuple[int, int],
+    ts: npt.NDArray[np.int64],
+    values: npt.NDArray[np.float64],
+) -> list[Reading]:
+    """One meter's readings of one ``(channel, unit)``, from timestamps and values."""
+    channel, unit = kind
+    return [(meter, channel, unit, int(t), float(v)) for t, v in zip(ts, values, strict=True)]
 
 
 def all_plants() -> dict[str, Plant]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
 from meterlink_wire.vocab import Channel, Unit
-from tests.detect.plants import Reading
+from tests.detect.plants import Reading, series
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -14,16 +13,6 @@ START = 19_676 * DAY  # a UTC midnight (2023-11-15T00:00Z)
 
 POWER = (int(Channel.POWER), int(Unit.KW))
 ENERGY = (int(Channel.ENERGY_IMPORT), int(Unit.KWH))
-
-
-def _series(
-    meter: str,
-    kind: tuple[int, int],
-    ts: npt.NDArray[np.int64],
-    values: npt.NDArray[np.float64],
-) -> list[Reading]:
-    channel, unit = kind
-    return [(meter, channel, unit, int(t), float(v)) for t, v in zip(ts, values, strict=True)]
 
 
 def stuck(rng: np.random.Generator) -> list[list[Reading]]:
@@ -39,10 +28,10 @@ def stuck(rng: np.random.Generator) -> list[list[Reading]]:
     ts = START + HOUR * np.arange(register.size)
     power = rng.uniform(0.5, 6.0, 10 + frozen + 10)
     power[10 : 10 + frozen] = power[10]
-    repeated = _series("stuck-1", POWER, ts, power)
+    repeated = series("stuck-1", POWER, ts, power)
     for i in sorted(rng.choice(len(repeated), 3, replace=False).tolist(), reverse=True):
         repeated.insert(i + 1, repeated[i])
-    return [_series("stuck-0", ENERGY, ts, register), repeated]
+    return [series("stuck-0", ENERGY, ts, register), repeated]
 
 
 def zeros(rng: np.random.Generator) -> list[list[Reading]]:
@@ -51,7 +40,7 @@ def zeros(rng: np.random.Generator) -> list[list[Reading]]:
     values = rng.uniform(0.5, 3.0, 10 + length + 10)
     values[10 : 10 + length] = 0.0
     ts = START + HOUR * np.arange(values.size)
-    return [_series("zero-0", POWER, ts, values)]
+    return [series("zero-0", POWER, ts, values)]
 
 
 def flat(rng: np.random.Generator) -> list[list[Reading]]:
@@ -60,7 +49,7 @@ def flat(rng: np.random.Generator) -> list[list[Reading]]:
     values[8 * 24 :] = rng.uniform(0.5, 4.0, 24)
     values[8 * 24] = 4.0  # far from the level: the week's variation is back at once
     ts = START + HOUR * np.arange(values.size)
-    return [_series("flat-0", POWER, ts, values)]
+    return [series("flat-0", POWER, ts, values)]
 
 
 PLANTS = {"stuck_value": stuck, "zero_run": zeros, "low_variance": flat}

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
 from meterlink_wire.vocab import Channel, Unit
-from tests.detect.plants import Reading
+from tests.detect.plants import Reading, series
 
 HOUR = 3_600_000
 MINUTE = 60_000
@@ -14,16 +13,6 @@ START = 472_223 * HOUR  # an hour boundary (2023-11-14T23:00Z)
 
 FLOW = (int(Channel.FLOW), int(Unit.L_PER_MIN))
 VOLUME = (int(Channel.VOLUME), int(Unit.M3))
-
-
-def _series(
-    meter: str,
-    kind: tuple[int, int],
-    ts: npt.NDArray[np.int64],
-    values: npt.NDArray[np.float64],
-) -> list[Reading]:
-    channel, unit = kind
-    return [(meter, channel, unit, int(t), float(v)) for t, v in zip(ts, values, strict=True)]
 
 
 def leak(rng: np.random.Generator) -> list[list[Reading]]:
@@ -36,7 +25,7 @@ def leak(rng: np.random.Generator) -> list[list[Reading]]:
     ts = START + offset + 10 * MINUTE * np.arange(180)
     values = rng.uniform(0.2, 3.0, 180)
     values[26 * 6 + int(rng.integers(0, 6))] = 0.0
-    readings = _series("leak-0", FLOW, ts, values)
+    readings = series("leak-0", FLOW, ts, values)
     for i in sorted(rng.choice(180, 5, replace=False).tolist(), reverse=True):
         readings.insert(i + 1, readings[i])
     return [readings]
@@ -49,7 +38,7 @@ def burst(rng: np.random.Generator) -> list[list[Reading]]:
         length = int(rng.integers(40, 56))
         values[start : start + length] = rng.uniform(30.0, 80.0, length)
     ts = START + MINUTE * np.arange(200)
-    return [_series("burst-0", FLOW, ts, values)]
+    return [series("burst-0", FLOW, ts, values)]
 
 
 def backflow(rng: np.random.Generator) -> list[list[Reading]]:
@@ -62,8 +51,8 @@ def backflow(rng: np.random.Generator) -> list[list[Reading]]:
     register = 1234.5 + np.cumsum(steps)
     ts = START + 5 * MINUTE * np.arange(120)
     return [
-        _series("backflow-0", FLOW, ts, flow),
-        _series("backflow-1", VOLUME, ts, register),
+        series("backflow-0", FLOW, ts, flow),
+        series("backflow-1", VOLUME, ts, register),
     ]
 
 
