@@ -58,7 +58,8 @@ def replay(args: argparse.Namespace) -> int:
             raise ValueError(f"--chunk-rows must be >= 1, got {args.chunk_rows}")
         settings = _settings(args.config)
         if not args.input.is_file():
-            raise ValueError(f"{args.input}: no such file")
+            problem = "not a file" if args.input.exists() else "no such file"
+            raise ValueError(f"{args.input}: {problem}")
         with args.output.open("wb") as out:
             summary = Replay(settings, out).run(args.input, fmt, args.chunk_rows)
     except (ConfigError, ReplayInputError, ValueError) as exc:
