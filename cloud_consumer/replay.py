@@ -31,7 +31,7 @@ from cloud_consumer.detect.config import DetectSettings
 from cloud_consumer.detect.episodes import Alert
 from cloud_consumer.detect.neighbourhood import NeighbourhoodCheck
 from cloud_consumer.detect.quality import TIERS, Tier, tier_counts
-from cloud_consumer.detect.validate import Flag
+from cloud_consumer.detect.validate import REJECTIONS, Flag
 from cloud_consumer.replay_input import (
     DEFAULT_CHUNK_ROWS,
     ReadingColumns,
@@ -52,19 +52,6 @@ MAX_ERRORS_KEPT = 1_000
 
 
 @dataclass
-class Episode:
-    """One alert episode as the replay saw it end: opened, and resolved unless still open."""
-
-    alert: Alert
-
-    @property
-    def key(self) -> tuple[int, str, int, str]:
-        """Sort key: opening time, meter, channel, rule."""
-        a = self.alert
-        return (a.opened_ms, a.meter_id, a.channel, a.rule)
-
-
-@dataclass
 class ReplaySummary:
     """What a replay read, judged and found."""
 
@@ -80,8 +67,8 @@ class ReplaySummary:
     estimates: int = 0
     events: int = 0
     """Alert events written (an open and its resolution are two)."""
-    episodes: dict[str, Episode] = field(default_factory=dict)
-    """Episode id -> its latest state."""
+    episodes: dict[str, Alert] = field(default_factory=dict)
+    """Episode id -> its latest alert (resolved unless still open at the end)."""
 
     @property
     def accepted(self) -> int:
@@ -90,11 +77,13 @@ class ReplaySummary:
 
     def per_rule(self) -> Counter[str]:
         """Episodes per rule."""
-        return Counter(e.alert.rule for e in self.episodes.values())
+        return Counter(alert.rule for alert in self.episodes.values())
 
     def ordered_episodes(self) -> list[Alert]:
         """Episodes by opening time, then meter, channel and rule."""
-        return [e.alert for e in sorted(self.episodes.values(), key=lambda e: e.key)]
+        return sorted(
+            self.episodes.values(), key=lambda a: (a.opened_ms, a.meter_id, a.channel, a.rule)
+        )
 
 
 def iso(ms: int | None) -> str | None:
@@ -177,7 +166,7 @@ class Replay:
         summary = self.summary
         found = self.engine.process(columns)
         summary.rows += len(columns)
-        rejected = (found.flags & _REJECT_BITS) != 0
+        rejected = (found.flags & REJECTIONS) != 0
         summary.rejected_readings += int(np.count_nonzero(rejected))
         for flag in _REJECT_FLAGS:
             count = int(np.count_nonzero(found.flags & np.uint16(flag)))
@@ -209,18 +198,10 @@ class Replay:
         for alert in alerts:
             self.out.write(orjson.dumps(alert_record(alert)) + b"\n")
             summary.events += 1
-            summary.episodes[alert.episode_id] = Episode(alert)
+            summary.episodes[alert.episode_id] = alert
 
 
-_REJECT_FLAGS: tuple[Flag, ...] = (
-    Flag.NOT_FINITE,
-    Flag.BAD_TIME,
-    Flag.FUTURE,
-    Flag.UNKNOWN_METER,
-    Flag.UNIT_MISMATCH,
-    Flag.BACKDATED,
-)
-_REJECT_BITS = np.uint16(sum(_REJECT_FLAGS))
+_REJECT_FLAGS = tuple(flag for flag in Flag if flag & REJECTIONS)
 
 
 def render(summary: ReplaySummary, source: str, output: str, *, show: int = 50) -> str:

@@ -67,7 +67,7 @@ SNAPSHOT_VERSION = 1
 """Format version written by :meth:`SeriesTable.snapshot`; restore accepts this one only."""
 _PREFIX = struct.Struct("<8sHII")  # magic, version, header length, CRC-32 of what follows
 # Rows per statistics pass: bounds temporaries to ~0.5 MB (1K..16K measured within noise).
-_REFRESH_CHUNK = 1_024
+_STATS_CHUNK = 1_024
 _MAX_WINDOW = 1 << 16
 _INT64_MIN = np.iinfo(np.int64).min
 _MAX_DICTIONARIES = 1 << 16  # meter dictionaries remembered by identity (then start over)
@@ -343,8 +343,8 @@ class SeriesTable:
         counts = np.zeros(rows.size, dtype=np.int64)
         sums = np.zeros(rows.size)
         m2s = np.zeros(rows.size)
-        for begin in range(0, rows.size, _REFRESH_CHUNK):
-            chunk = rows[begin : begin + _REFRESH_CHUNK]
+        for begin in range(0, rows.size, _STATS_CHUNK):
+            chunk = rows[begin : begin + _STATS_CHUNK]
             values = self._values[chunk]
             fill = np.minimum(self._seen[chunk], width)
             valid: BoolArray | None = None
