@@ -32,10 +32,11 @@ Design decisions, measured or argued:
   timestamp (event time, not wall clock: an idle series keeps its last window; gaps are a rule's
   business). The ring still holds ``window`` points, so size ``window`` for the densest expected
   horizon (e.g. 60 one-minute readings for a one-hour horizon).
-* **Memory.** At ``window=60`` a row is ``60 * (8 + 8)`` ring bytes plus an 8-byte reading
-  count (968 bytes), plus the key tuple, the meter id and a dict slot: ~1.2 KB measured by
-  ``bench/detect_state_bench.py`` (target <= 2 KB per meter-channel). Capacity doubles, so right
-  after a growth up to half the rows are spare (~1.5 KB per used row at 100,000 rows).
+* **Memory.** At ``window=60`` a row is ``60 * (8 + 8)`` ring bytes, its reading count, a copy
+  of its newest reading and its key as numbers (meter code, channel): 1,001 bytes, plus the
+  channel's row-of-meter entry (8 B) and, once per meter, its id and a dict slot. No Python
+  object per row. Capacity grows by a quarter (:func:`grown_size`), so little is allocated
+  ahead (``bench/detect_bench.py`` measures the whole engine per meter-channel).
 * **Snapshots.** ``MAGIC | version u16 | header length u32 | CRC-32 u32 | orjson header | raw
   little-endian arrays`` (the CRC covers header and arrays, so a flipped bit in a stored value is
   caught too). The header holds the window parameters and the keys in row order (so row indices,
@@ -115,7 +116,7 @@ class SeriesTable:
             raise ValueError(f"horizon_ms must be positive, got {horizon_ms}")
         self.window = window
         self.horizon_ms = horizon_ms
-        self._keys: list[SeriesKey] = []
+        self._size = 0  # rows in use
         self._meter_code: dict[str, int] = {}  # meter id -> code (numbered in order seen)
         self._meter_ids: list[str] = []  # code -> meter id
         self._row_of: dict[int, IntArray] = {}  # channel -> row of each meter code (-1: none)
@@ -131,6 +132,20 @@ class SeriesTable:
         # rule reads it every step and a gather from the ring costs a cache miss per row.
         self._newest_value = np.full(capacity, np.nan)
         self._newest_ts = np.full(capacity, -1, dtype=np.int64)
+        # Each row's series: meter code and channel (its key, without a Python tuple per row).
+        self._row_meter = np.zeros(capacity, dtype=np.int64)
+        self._row_channel = np.zeros(capacity, dtype=np.uint8)
+
+    def _arrays(self) -> tuple[npt.NDArray[Any], ...]:
+        return (
+            self._values,
+            self._ts,
+            self._seen,
+            self._newest_value,
+            self._newest_ts,
+            self._row_meter,
+            self._row_channel,
+        )
 
     def _grow(self, needed: int) -> None:
         capacity = len(self._seen)
@@ -138,32 +153,37 @@ class SeriesTable:
             return
         while capacity < needed:
             capacity = grown_size(capacity)
-        old = (self._values, self._ts, self._seen, self._newest_value, self._newest_ts)
+        old = self._arrays()
         self._alloc(capacity)
-        new = (self._values, self._ts, self._seen, self._newest_value, self._newest_ts)
+        new = self._arrays()
         for target, source in zip(new, old, strict=True):
             target[: len(source)] = source
 
     # --- rows -------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return self._size
 
     @property
     def capacity(self) -> int:
-        """Rows allocated (grows by doubling)."""
+        """Rows allocated (grows by a quarter)."""
         return len(self._seen)
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the numpy arrays (allocated capacity, not just used rows)."""
-        arrays = (self._values, self._ts, self._seen, self._newest_value, self._newest_ts)
-        return sum(a.nbytes for a in arrays)
+        return sum(a.nbytes for a in self._arrays())
 
     def key_of(self, rows: Sequence[int] | IntArray) -> list[SeriesKey]:
         """The ``(meter_id, channel)`` of each row (Python objects: for alerts, not hot paths)."""
-        keys = self._keys
-        return [keys[row] for row in np.asarray(rows, dtype=np.int64).tolist()]
+        index = np.asarray(rows, dtype=np.int64)
+        ids = self._meter_ids
+        return [
+            (ids[code], channel)
+            for code, channel in zip(
+                self._row_meter[index].tolist(), self._row_channel[index].tolist(), strict=True
+            )
+        ]
 
     def meter_codes(self, meters: Sequence[str]) -> IntArray:
         """The table's code of each meter id (numbered in the order first seen).
@@ -272,15 +292,18 @@ class SeriesTable:
         """Rows for the pairs that have none, in (dictionary position, channel) order."""
         missing = np.flatnonzero(self._lookup(chan, codes) < 0)
         order = missing[np.lexsort((chan[missing], positions[missing]))]
-        ids = self._meter_ids
-        size = len(self._keys)
+        first = size = self._size
+        added: list[tuple[int, int]] = []
         for channel, code in zip(chan[order].tolist(), codes[order].tolist(), strict=True):
             table = self._channel_rows(channel)
             if table[code] < 0:  # a repeated id in the dictionary maps to one row
                 table[code] = size
-                self._keys.append((ids[code], channel))
+                added.append((code, channel))
                 size += 1
         self._grow(size)
+        self._row_meter[first:size] = [code for code, _ in added]
+        self._row_channel[first:size] = [channel for _, channel in added]
+        self._size = size
 
     # --- update -----------------------------------------------------------------------------
 
@@ -298,7 +321,7 @@ class SeriesTable:
         n = row.size
         if not n:
             return
-        if row.min() < 0 or row.max() >= len(self._keys):
+        if row.min() < 0 or row.max() >= self._size:
             raise ValueError("row index outside the table (use rows_for first)")
         if not np.isfinite(value).all():
             raise ValueError("values must be finite")
@@ -464,13 +487,13 @@ class SeriesTable:
 
     def snapshot(self) -> bytes:
         """The whole table as bytes; :meth:`restore` rebuilds it exactly (see module docstring)."""
-        size = len(self._keys)
+        size = self._size
         header = orjson.dumps(
             {
                 "window": self.window,
                 "horizon_ms": self.horizon_ms,
                 "size": size,
-                "keys": self._keys,
+                "keys": self.key_of(np.arange(size)),
             }
         )
         parts = (
@@ -528,7 +551,6 @@ class SeriesTable:
         if not np.isfinite(values[used]).all():
             raise SnapshotError("non-finite value in a window")
         table = cls(window, horizon_ms=horizon_ms, capacity=max(1, size))
-        table._keys = keys
         if len(set(keys)) != size:
             raise SnapshotError("duplicate series key")
         for row, (meter_id, channel) in enumerate(keys):
@@ -537,6 +559,9 @@ class SeriesTable:
                 code = table._meter_code[meter_id] = len(table._meter_ids)
                 table._meter_ids.append(meter_id)
             table._channel_rows(channel)[code] = row
+            table._row_meter[row] = code
+            table._row_channel[row] = channel
+        table._size = size
         # Slots not yet written must be zero, as in a live table (statistics rely on it).
         table._values[:size] = np.where(used, values, 0.0)
         table._ts[:size] = np.where(used, ts, 0)
