@@ -19,8 +19,6 @@ batch-size independence holds for streams whose series arrive in time order.
 
 from __future__ import annotations
 
-import struct
-import zlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -29,7 +27,14 @@ import numpy.typing as npt
 import orjson
 
 from cloud_consumer.detect import quality
-from cloud_consumer.detect.base import Detector, Frame, Scores, StatefulDetector
+from cloud_consumer.detect.base import (
+    Detector,
+    Frame,
+    Scores,
+    StatefulDetector,
+    pack_sections,
+    unpack_sections,
+)
 from cloud_consumer.detect.episodes import Alert, EpisodeTracker
 from cloud_consumer.detect.quality import QualityArray
 from cloud_consumer.detect.rules.gaps import Estimates, Interpolator
@@ -39,7 +44,10 @@ from cloud_consumer.detect.state import (
     IntArray,
     SeriesTable,
     SnapshotError,
+    seal,
     series_order,
+    unseal,
+    untrusted,
 )
 from cloud_consumer.detect.validate import (
     CANONICAL_UNIT,
@@ -54,9 +62,6 @@ ENGINE_SNAPSHOT_MAGIC = b"MLENGINE"
 """First bytes of an :meth:`Engine.snapshot`."""
 ENGINE_SNAPSHOT_VERSION = 1
 """Format version written by :meth:`Engine.snapshot`; restore accepts this one only."""
-# magic, version, header length, CRC-32 of everything after the prefix
-_PREFIX = struct.Struct("<8sHII")
-_SECTION = struct.Struct("<Q")
 
 
 class _Collected:
@@ -282,20 +287,18 @@ class Engine:
     def snapshot(self) -> bytes:
         """Table, episode trackers and detector state as bytes; see :meth:`restore`.
 
-        ``MAGIC | version u16 | header length u32 | CRC-32 u32 | orjson header | sections``,
-        each section a u64 length and the bytes of: the table, then per detector its tracker and
-        its own state (empty for stateless detectors).
+        A :func:`~cloud_consumer.detect.state.seal` frame: an orjson header naming the detectors,
+        then :func:`~cloud_consumer.detect.base.pack_sections` of the table, then per detector
+        its tracker and its own state (empty for stateless detectors).
         """
         sections = [self.table.snapshot()]
         for detector, tracker in zip(self.detectors, self.trackers, strict=True):
             sections.append(tracker.snapshot())
             sections.append(detector.snapshot() if isinstance(detector, StatefulDetector) else b"")
         header = orjson.dumps({"detectors": [d.name for d in self.detectors]})
-        body = b"".join([header, *(_SECTION.pack(len(s)) + s for s in sections)])
-        prefix = _PREFIX.pack(
-            ENGINE_SNAPSHOT_MAGIC, ENGINE_SNAPSHOT_VERSION, len(header), zlib.crc32(body)
+        return seal(
+            ENGINE_SNAPSHOT_MAGIC, ENGINE_SNAPSHOT_VERSION, header, pack_sections(*sections)
         )
-        return prefix + body
 
     @classmethod
     def restore(cls, data: bytes, detectors: Sequence[Detector]) -> Engine:
@@ -304,41 +307,19 @@ class Engine:
         The detectors carry the configuration (not saved); their names must match the snapshot's,
         in order. Any damage or mismatch raises :class:`SnapshotError`.
         """
-        try:
+        with untrusted("engine snapshot"):
             return cls._restore(data, detectors)
-        except SnapshotError:
-            raise
-        except Exception as exc:  # untrusted bytes: whatever breaks is one typed error
-            raise SnapshotError(f"unreadable engine snapshot: {type(exc).__name__}: {exc}") from exc
 
     @classmethod
     def _restore(cls, data: bytes, detectors: Sequence[Detector]) -> Engine:
-        raw = bytes(data)
-        if len(raw) < _PREFIX.size:
-            raise SnapshotError("truncated: shorter than the engine snapshot prefix")
-        magic, version, header_len, crc = _PREFIX.unpack_from(raw)
-        if magic != ENGINE_SNAPSHOT_MAGIC:
-            raise SnapshotError("not an engine snapshot (bad magic)")
-        if version != ENGINE_SNAPSHOT_VERSION:
-            raise SnapshotError(f"unsupported engine snapshot version {version}")
-        body = raw[_PREFIX.size :]
-        if zlib.crc32(body) != crc:
-            raise SnapshotError("checksum mismatch (corrupt or truncated engine snapshot)")
-        header: Any = orjson.loads(body[:header_len])
+        raw, payload = unseal(
+            data, ENGINE_SNAPSHOT_MAGIC, ENGINE_SNAPSHOT_VERSION, "engine snapshot"
+        )
+        header: Any = orjson.loads(raw)
         names = [d.name for d in detectors]
         if not isinstance(header, dict) or header.get("detectors") != names:
             raise SnapshotError(f"snapshot detectors do not match {names}")
-        sections: list[bytes] = []
-        offset = header_len
-        while offset < len(body):
-            (size,) = _SECTION.unpack_from(body, offset)
-            offset += _SECTION.size
-            if offset + size > len(body):
-                raise SnapshotError("truncated section")
-            sections.append(body[offset : offset + size])
-            offset += size
-        if len(sections) != 1 + 2 * len(detectors):
-            raise SnapshotError(f"{len(sections)} sections for {len(detectors)} detectors")
+        sections = unpack_sections(bytes(payload), 1 + 2 * len(detectors))
         table = SeriesTable.restore(sections[0])
         engine = cls(detectors, window=table.window, horizon_ms=table.horizon_ms)
         engine.table = table

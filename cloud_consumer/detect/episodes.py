@@ -32,6 +32,7 @@ from cloud_consumer.detect.state import (
     SnapshotError,
     grown_size,
     series_order,
+    untrusted,
 )
 
 Severity = Literal["info", "warning", "critical"]
@@ -273,14 +274,8 @@ class EpisodeTracker:
     @classmethod
     def restore(cls, data: bytes) -> EpisodeTracker:
         """Rebuild a tracker from :meth:`snapshot` bytes; damage raises :class:`SnapshotError`."""
-        try:
+        with untrusted("episode snapshot"):
             return cls._restore(data)
-        except SnapshotError:
-            raise
-        except Exception as exc:  # untrusted bytes: whatever breaks is one typed error
-            raise SnapshotError(
-                f"unreadable episode snapshot: {type(exc).__name__}: {exc}"
-            ) from exc
 
     @classmethod
     def _restore(cls, data: bytes) -> EpisodeTracker:

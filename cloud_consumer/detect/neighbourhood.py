@@ -28,7 +28,7 @@ import orjson
 
 from cloud_consumer.analytics import DAY_MS, HOUR_MS, HourlyAggregates
 from cloud_consumer.detect.episodes import SEVERITIES, Alert, Severity
-from cloud_consumer.detect.state import BoolArray, FloatArray, IntArray, SnapshotError
+from cloud_consumer.detect.state import BoolArray, FloatArray, IntArray, SnapshotError, untrusted
 from meterlink_wire.vocab import Channel
 
 HOURS_PER_DAY = 24
@@ -373,14 +373,8 @@ class NeighbourhoodCheck:
         Any damage (truncation, a flipped byte, another format or version, a snapshot of another
         rule or channel) raises :class:`SnapshotError`.
         """
-        try:
+        with untrusted("neighbourhood snapshot"):
             return cls._restore(data, config)
-        except SnapshotError:
-            raise
-        except Exception as exc:  # untrusted bytes: whatever breaks is one typed error
-            raise SnapshotError(
-                f"unreadable neighbourhood snapshot: {type(exc).__name__}: {exc}"
-            ) from exc
 
     @classmethod
     def _restore(cls, data: bytes, config: NeighbourhoodConfig | None) -> NeighbourhoodCheck:

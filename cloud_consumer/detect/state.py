@@ -49,7 +49,8 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -66,7 +67,7 @@ SNAPSHOT_MAGIC = b"MLSTATE\x00"
 """First bytes of a :meth:`SeriesTable.snapshot`."""
 SNAPSHOT_VERSION = 1
 """Format version written by :meth:`SeriesTable.snapshot`; restore accepts this one only."""
-_PREFIX = struct.Struct("<8sHII")  # magic, version, header length, CRC-32 of what follows
+_FRAME = struct.Struct("<HII")  # after the magic: version, header length, CRC-32 of the rest
 # Rows per statistics pass: bounds temporaries to ~0.5 MB (1K..16K measured within noise).
 _STATS_CHUNK = 1_024
 _MAX_WINDOW = 1 << 16
@@ -92,6 +93,49 @@ class SnapshotError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def seal(magic: bytes, version: int, header: bytes, *payload: bytes) -> bytes:
+    """Frame a snapshot: ``magic | version | header length | CRC-32 | header | payload``.
+
+    Version u16, length and CRC u32. The CRC covers header and payload, so a flipped bit in a
+    stored value is caught too. Shared by the table's and the engine's snapshots.
+    """
+    crc = zlib.crc32(header)
+    for part in payload:
+        crc = zlib.crc32(part, crc)
+    return b"".join((magic, _FRAME.pack(version, len(header), crc), header, *payload))
+
+
+def unseal(data: object, magic: bytes, version: int, what: str) -> tuple[bytes, memoryview]:
+    """Check a :func:`seal` frame (magic, version, CRC); return its header and payload."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise SnapshotError(f"expected bytes, got {type(data).__name__}")
+    view = memoryview(data).cast("B")
+    start = len(magic) + _FRAME.size
+    if len(view) < start:
+        raise SnapshotError(f"truncated: shorter than the {what} prefix")
+    if bytes(view[: len(magic)]) != magic:
+        raise SnapshotError(f"not a {what} (bad magic)")
+    found, header_len, crc = _FRAME.unpack_from(view, len(magic))
+    if found != version:
+        raise SnapshotError(f"unsupported {what} version {found}")
+    if zlib.crc32(view[start:]) != crc:
+        raise SnapshotError(f"checksum mismatch (corrupt or truncated {what})")
+    if len(view) < start + header_len:
+        raise SnapshotError("truncated header")
+    return bytes(view[start : start + header_len]), view[start + header_len :]
+
+
+@contextmanager
+def untrusted(what: str) -> Iterator[None]:
+    """Reading untrusted snapshot bytes: whatever breaks becomes one :class:`SnapshotError`."""
+    try:
+        yield
+    except SnapshotError:
+        raise
+    except Exception as exc:
+        raise SnapshotError(f"unreadable {what}: {type(exc).__name__}: {exc}") from exc
 
 
 class Window(NamedTuple):
@@ -496,52 +540,30 @@ class SeriesTable:
                 "keys": self.key_of(np.arange(size)),
             }
         )
-        parts = (
+        return seal(
+            SNAPSHOT_MAGIC,
+            SNAPSHOT_VERSION,
             header,
             self._values[:size].astype("<f8", copy=False).tobytes(),
             self._ts[:size].astype("<i8", copy=False).tobytes(),
             self._seen[:size].astype("<i8", copy=False).tobytes(),
         )
-        crc = 0
-        for part in parts:
-            crc = zlib.crc32(part, crc)
-        prefix = _PREFIX.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(header), crc)
-        return b"".join((prefix, *parts))
 
     @classmethod
     def restore(cls, data: bytes) -> SeriesTable:
         """Rebuild a table from :meth:`snapshot` bytes; raise :class:`SnapshotError` if damaged."""
-        try:
+        with untrusted("snapshot"):
             return cls._restore(data)
-        except SnapshotError:
-            raise
-        except Exception as exc:  # untrusted bytes: whatever breaks is one typed error
-            raise SnapshotError(f"unreadable snapshot: {type(exc).__name__}: {exc}") from exc
 
     @classmethod
     def _restore(cls, data: bytes) -> SeriesTable:
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise SnapshotError(f"expected bytes, got {type(data).__name__}")
-        view = memoryview(data).cast("B")
-        if len(view) < _PREFIX.size:
-            raise SnapshotError("truncated: shorter than the snapshot prefix")
-        magic, version, header_len, crc = _PREFIX.unpack_from(view)
-        if magic != SNAPSHOT_MAGIC:
-            raise SnapshotError("not a SeriesTable snapshot (bad magic)")
-        if version != SNAPSHOT_VERSION:
-            raise SnapshotError(f"unsupported snapshot version {version}")
-        if zlib.crc32(view[_PREFIX.size :]) != crc:
-            raise SnapshotError("checksum mismatch (corrupt or truncated snapshot)")
-        body = _PREFIX.size + header_len
-        if len(view) < body:
-            raise SnapshotError("truncated header")
-        header = orjson.loads(bytes(view[_PREFIX.size : body]))
-        window, horizon_ms, size, keys = _check_header(header)
+        header, payload = unseal(data, SNAPSHOT_MAGIC, SNAPSHOT_VERSION, "SeriesTable snapshot")
+        window, horizon_ms, size, keys = _check_header(orjson.loads(header))
         cells = size * window
-        expected = body + 8 * (2 * cells + size)
-        if len(view) != expected:
-            raise SnapshotError(f"length {len(view)} bytes, expected {expected}")
-        arrays = np.frombuffer(view, dtype=np.uint8, offset=body)
+        expected = 8 * (2 * cells + size)
+        if len(payload) != expected:
+            raise SnapshotError(f"arrays of {len(payload)} bytes, expected {expected}")
+        arrays = np.frombuffer(payload, dtype=np.uint8)
         values = arrays[: 8 * cells].view("<f8").reshape(size, window)
         ts = arrays[8 * cells : 16 * cells].view("<i8").reshape(size, window)
         seen = arrays[16 * cells :].view("<i8")
