@@ -22,10 +22,10 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -562,31 +562,33 @@ def _load_ca(layout: PkiLayout) -> tuple[ec.EllipticCurvePrivateKey, x509.Certif
     return key, cert
 
 
-def _load_cert(path: Path) -> x509.Certificate:
+_Pem = TypeVar("_Pem")
+
+
+def _read_pem(path: Path, parse: Callable[[bytes], _Pem], what: str) -> _Pem:
+    """``parse`` of the file's bytes; a PkiError naming the file if unreadable or not ``what``."""
     try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except OSError as exc:
-        raise PkiError(f"cannot read {path}: {exc.strerror}", path=path) from exc
-    except ValueError as exc:
-        raise PkiError(f"{path} is not a PEM certificate", path=path) from exc
-
-
-def _load_crl(path: Path) -> x509.CertificateRevocationList:
-    try:
-        return x509.load_pem_x509_crl(path.read_bytes())
-    except OSError as exc:
-        raise PkiError(f"cannot read {path}: {exc.strerror}", path=path) from exc
-    except ValueError as exc:
-        raise PkiError(f"{path} is not a PEM CRL", path=path) from exc
-
-
-def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        return parse(path.read_bytes())
     except OSError as exc:
         raise PkiError(f"cannot read {path}: {exc.strerror}", path=path) from exc
     except (ValueError, TypeError) as exc:
-        raise PkiError(f"{path} is not an unencrypted PEM private key", path=path) from exc
+        raise PkiError(f"{path} is not {what}", path=path) from exc
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    return _read_pem(path, x509.load_pem_x509_certificate, "a PEM certificate")
+
+
+def _load_crl(path: Path) -> x509.CertificateRevocationList:
+    return _read_pem(path, x509.load_pem_x509_crl, "a PEM CRL")
+
+
+def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    key = _read_pem(
+        path,
+        lambda data: serialization.load_pem_private_key(data, password=None),
+        "an unencrypted PEM private key",
+    )
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise PkiError(f"{path} is not an EC private key", path=path)
     return key

@@ -174,31 +174,28 @@ _METER_IDS = re.compile(f"(?:{METER_ID_PATTERN}\0)*")
 _EVENT_REASONS = re.compile(f"(?:{EVENT_REASON_PATTERN}\0)*")
 
 
+def _checked(value: object, pattern: re.Pattern[str], what: str, bad: Reason) -> str:
+    """``value`` if it is a string matching ``pattern``; else WireError (bad_type, or ``bad``)."""
+    if not isinstance(value, str):
+        raise WireError(Reason.BAD_TYPE, f"{what} must be a string, got {show(value)}")
+    if pattern.fullmatch(value) is None:
+        raise WireError(bad, f"{what} {show(value)}")
+    return value
+
+
 def validate_gateway_id(value: object) -> str:
     """Return ``value`` if it is a valid gateway id; else raise WireError (bad_type or bad_id)."""
-    if not isinstance(value, str):
-        raise WireError(Reason.BAD_TYPE, f"gateway id must be a string, got {show(value)}")
-    if _GATEWAY_ID.fullmatch(value) is None:
-        raise WireError(Reason.BAD_ID, f"gateway id {show(value)}")
-    return value
+    return _checked(value, _GATEWAY_ID, "gateway id", Reason.BAD_ID)
 
 
 def validate_meter_id(value: object) -> str:
     """Return ``value`` if it is a valid meter id; else raise WireError (bad_type or bad_id)."""
-    if not isinstance(value, str):
-        raise WireError(Reason.BAD_TYPE, f"meter id must be a string, got {show(value)}")
-    if _METER_ID.fullmatch(value) is None:
-        raise WireError(Reason.BAD_ID, f"meter id {show(value)}")
-    return value
+    return _checked(value, _METER_ID, "meter id", Reason.BAD_ID)
 
 
 def validate_event_reason(value: object) -> str:
     """Return ``value`` if it is a valid event reason name; else raise WireError(bad_value)."""
-    if not isinstance(value, str):
-        raise WireError(Reason.BAD_TYPE, f"event reason must be a string, got {show(value)}")
-    if _EVENT_REASON.fullmatch(value) is None:
-        raise WireError(Reason.BAD_VALUE, f"event reason {show(value)}")
-    return value
+    return _checked(value, _EVENT_REASON, "event reason", Reason.BAD_VALUE)
 
 
 class KnownDictionaries:
