@@ -23,6 +23,7 @@ from cloud_consumer.detect.state import SeriesTable, SnapshotError
 from cloud_consumer.replay_input import ReadingColumns
 from meterlink_wire.vocab import Channel, Unit
 from tests.detect.plants import all_plants
+from tests.detect.readings import columns as batch
 
 WINDOW = 60
 Reading = tuple[str, int, int, int, float]  # meter, channel, unit, ts_ms, value
@@ -32,17 +33,8 @@ PLANTS = all_plants()
 
 
 def columns(readings: Sequence[Reading]) -> ReadingColumns:
-    """One batch with its own meter dictionary (first-appearance order), as the readers build."""
-    ids = tuple(dict.fromkeys(r[0] for r in readings))
-    position = {m: i for i, m in enumerate(ids)}
-    return ReadingColumns(
-        meter_ids=ids,
-        meter=np.array([position[r[0]] for r in readings], dtype=np.int32),
-        channel=np.array([r[1] for r in readings], dtype=np.uint8),
-        unit=np.array([r[2] for r in readings], dtype=np.uint8),
-        ts_ms=np.array([r[3] for r in readings], dtype=np.int64),
-        value=np.array([r[4] for r in readings], dtype=np.float64),
-    )
+    """One batch of plant-ordered readings (see :mod:`tests.detect.readings`)."""
+    return batch([(m, ts, v, c, u) for m, c, u, ts, v in readings])
 
 
 def stream(
