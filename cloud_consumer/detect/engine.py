@@ -160,10 +160,6 @@ class Engine:
         self.interpolator = interpolator
         self.table = SeriesTable(window, horizon_ms=horizon_ms)
         self.trackers = [EpisodeTracker(d.name, d.severity) for d in self.detectors]
-        self._penalised = {
-            kind: np.array([d.kind == kind for d in self.detectors], dtype=np.bool_)
-            for kind in ("rate_of_change", "fault")
-        }
 
     def process(self, columns: ReadingColumns, now_ms: int | None = None) -> Detection:
         """Validate and score a batch, update state, say what was found (see :class:`Detection`).
@@ -174,16 +170,14 @@ class Engine:
         episode that opens and resolves within the batch appears twice (open, then resolved,
         same episode id); a retrospective one (a gap) appears once, resolved.
         """
-        n = len(columns)
         meter = np.asarray(columns.meter, dtype=np.int32)
         channel = np.asarray(columns.channel, dtype=np.uint8)
         ts = np.asarray(columns.ts_ms, dtype=np.int64)
         flags, value, unit = self._validate(columns, now_ms)
         keep = np.flatnonzero((flags & REJECTIONS) == 0)
         if not keep.size:
-            return Detection(
-                [], quality.score(flags, *self._none(n)), flags, value, unit, Estimates.empty()
-            )
+            scores = self._quality(flags, keep, [])
+            return Detection([], scores, flags, value, unit, Estimates.empty())
         rows = self.table.rows_for(
             columns.meter_ids, channel[keep], meter[keep], columns.dictionaries
         )
@@ -220,13 +214,18 @@ class Engine:
             alerts += changes.opened
             alerts += changes.resolved
         alerts.sort(key=_alert_order)
-        fired = np.zeros((2, n), dtype=np.bool_)
-        for k, kind in enumerate(("rate_of_change", "fault")):
-            for found, penalised in zip(collected, self._penalised[kind], strict=True):
-                if penalised:
-                    fired[k, position] |= found.holds
-        scores = quality.score(flags, fired[0], fired[1])
+        scores = self._quality(flags, position, collected)
         return Detection(alerts, scores, flags, value, unit, Estimates.join(estimates))
+
+    def _quality(
+        self, flags: FlagArray, position: IntArray, collected: Sequence[_Collected]
+    ) -> QualityArray:
+        """Each reading's score: its flags, and the kinds of rule that held at it."""
+        fired = {kind: np.zeros(flags.size, dtype=np.bool_) for kind in ("rate_of_change", "fault")}
+        for detector, found in zip(self.detectors, collected, strict=False):
+            if detector.kind in fired:
+                fired[detector.kind][position] |= found.holds
+        return quality.score(flags, fired["rate_of_change"], fired["fault"])
 
     def _validate(
         self, columns: ReadingColumns, now_ms: int | None
@@ -238,10 +237,6 @@ class Engine:
         value = np.asarray(columns.value, dtype=np.float64)
         flags = np.where(np.isfinite(value), 0, Flag.NOT_FINITE).astype(np.uint16)
         return flags, value, np.asarray(columns.unit, dtype=np.uint8)
-
-    @staticmethod
-    def _none(n: int) -> tuple[BoolArray, BoolArray]:
-        return np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.bool_)
 
     def _retrospective(self, detector: Detector, frame: Frame, found: _Collected) -> list[Alert]:
         """One resolved alert per reading where a retrospective rule holds (a closed gap)."""
