@@ -160,15 +160,13 @@ class ValidationConfig:
         object.__setattr__(self, "max_value", MappingProxyType(dict(self.max_value)))
 
 
+@dataclass(frozen=True, eq=False)
 class Standardised:
     """A batch after validation: flags, canonical values and units, in input order."""
 
-    __slots__ = ("flags", "unit", "value")
-
-    def __init__(self, flags: FlagArray, value: FloatArray, unit: npt.NDArray[np.uint8]):
-        self.flags = flags
-        self.value = value
-        self.unit = unit
+    flags: FlagArray
+    value: FloatArray
+    unit: npt.NDArray[np.uint8]
 
     def rejected(self) -> BoolArray:
         """Readings kept out of detection."""

@@ -119,16 +119,14 @@ class InterpolationConfig:
             raise ValueError("interpolation: max_gap_ms > 0, tolerance > 1, max_points >= 1")
 
 
+@dataclass(frozen=True, eq=False)
 class Estimates:
     """Readings estimated into short gaps, as parallel columns (rows are table rows)."""
 
-    __slots__ = ("quality", "rows", "ts_ms", "value")
-
-    def __init__(self, rows: IntArray, ts_ms: IntArray, value: FloatArray, quality: IntArray):
-        self.rows = rows
-        self.ts_ms = ts_ms
-        self.value = value
-        self.quality = quality
+    rows: IntArray
+    ts_ms: IntArray
+    value: FloatArray
+    quality: IntArray
 
     def __len__(self) -> int:
         return int(self.rows.size)
