@@ -96,6 +96,17 @@ class Alert:
         return episode_id(self.meter_id, self.channel, self.rule, self.opened_ms)
 
 
+def evidence_from_json(value: object) -> dict[str, float] | None:
+    """Saved evidence read back (orjson writes NaN as null); None if it is not names -> numbers."""
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str)
+        and (v is None or (isinstance(v, float | int) and not isinstance(v, bool)))
+        for k, v in value.items()
+    ):
+        return None
+    return {k: math.nan if v is None else float(v) for k, v in value.items()}
+
+
 class EpisodeChanges(NamedTuple):
     """What one batch changed: episodes opened and episodes resolved, in time order.
 
@@ -307,21 +318,13 @@ class EpisodeTracker:
                 and type(entry[0]) is int
                 and 0 <= entry[0] < capacity
                 and type(entry[1]) is int
-                and isinstance(entry[2], dict)
-                and all(
-                    isinstance(k, str)
-                    and (v is None or (isinstance(v, float | int) and not isinstance(v, bool)))
-                    for k, v in entry[2].items()
-                )
+                and (found := evidence_from_json(entry[2])) is not None
             ):
                 raise SnapshotError(f"bad open episode {entry!r}")
-            row, opened_ms, found = entry
+            row, opened_ms, _ = entry
             if tracker._active[row]:
                 raise SnapshotError(f"row {row} listed twice")
             tracker._active[row] = True
             tracker._opened[row] = opened_ms
-            # orjson writes NaN as null: read it back as NaN.
-            tracker._evidence[row] = {
-                k: math.nan if v is None else float(v) for k, v in found.items()
-            }
+            tracker._evidence[row] = found
         return tracker

@@ -15,7 +15,6 @@ Pearson correlation per row); Python runs once per meter id and per alert.
 
 from __future__ import annotations
 
-import math
 import struct
 import zlib
 from collections.abc import Iterable, Mapping
@@ -27,7 +26,7 @@ import numpy as np
 import orjson
 
 from cloud_consumer.analytics import DAY_MS, HOUR_MS, HourlyAggregates
-from cloud_consumer.detect.episodes import SEVERITIES, Alert, Severity
+from cloud_consumer.detect.episodes import SEVERITIES, Alert, Severity, evidence_from_json
 from cloud_consumer.detect.state import BoolArray, FloatArray, IntArray, SnapshotError, untrusted
 from meterlink_wire.vocab import Channel
 
@@ -423,14 +422,7 @@ def _open_entry(entry: Any, last_day: int | None) -> tuple[str, int, dict[str, f
         and entry[1] % DAY_MS == 0
         and last_day is not None
         and entry[1] <= last_day
-        and isinstance(entry[2], dict)
-        and all(
-            isinstance(k, str)
-            and (v is None or (isinstance(v, float | int) and not isinstance(v, bool)))
-            for k, v in entry[2].items()
-        )
+        and (evidence := evidence_from_json(entry[2])) is not None
     ):
         raise SnapshotError(f"bad open episode {entry!r}")
-    # orjson writes NaN as null: read it back as NaN.
-    evidence = {k: math.nan if v is None else float(v) for k, v in entry[2].items()}
     return entry[0], entry[1], evidence
