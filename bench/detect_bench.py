@@ -1,7 +1,7 @@
 """Detection bench: wire decode + validation + every rule, end to end, beside a naive Python loop.
 
     .venv/bin/python bench/detect_bench.py [--meters 10000,1000000] [--repeat 3] [--quick]
-        [--naive-meters 20000] [--no-profile]
+        [--naive-meters 20000] [--batch-messages 150] [--no-profile]
 
 Workload (live gateway traffic, the path a Kinesis consumer sees):
 
@@ -10,6 +10,10 @@ Workload (live gateway traffic, the path a Kinesis consumer sees):
   engine reads ``mean``), so every batch holds one reading per series, at a 60 s cadence
   (``start_ms`` = T0 + step * 60 s, ``now_ms`` = window end + 5 s). Messages are plain JSON
   (the edge agent's default), ~64 KB each, all encoded before any timing;
+* the consumer takes a poll's messages --batch-messages (150) at a time, one ``Engine.process``
+  call each: what one Kinesis GetRecords call hands it (at most 10 MB, ~156 such messages).
+  A 10,000-meter poll is one batch of 10 messages; a 1,000,000-meter poll is 7 batches that
+  together touch every one of the 1,000,000 tracked series;
 * power meters in kW (3 decimals), every tenth in W (whole watts: the validator converts), 2 %
   water meters on ``flow`` (L/min, every other one in m3/h: converted); values are a per-meter
   level with 5 % Gaussian noise, so the robust z-score fires now and then on its own;
@@ -38,7 +42,8 @@ Figures (medians of --repeat runs, process pinned to one core; the machine is sh
 1. end to end: readings/s for decode (``meterlink_wire.decode`` of every message, joined into
    ReadingColumns by ``cloud_consumer.replay_input._WireChunk``, exactly as the replay reader
    does) + ``Engine.process`` (``DetectSettings().build_engine()``: validator, all 11 rules,
-   interpolator); the split in seconds; beside the target (>= 1,000,000 readings/s);
+   interpolator), per batch of --batch-messages; the split in seconds; beside the target
+   (>= 1,000,000 readings/s);
 2. join: ``_WireChunk``'s join (a global meter-id dict, one ``setdefault`` per id per message)
    against concatenating the messages' meter dictionaries with index offsets, on the same
    decoded batches (equal columns here: each meter is in one message per poll);
@@ -76,7 +81,7 @@ import sys
 import time
 import tracemalloc
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +110,9 @@ LATENCY_MS = 5_000  # processed 5 s after the window closes
 GATEWAY_METERS = 1_000  # rows per wire message
 WINDOW = 60
 SMALL = 100_000  # fleets up to this size get full windows and 30 timed polls
+BATCH_MESSAGES = 150
+"""Messages per ``Engine.process`` call: what one Kinesis GetRecords call returns (at most 10 MB,
+156 of these ~64 KB messages), the batch a consumer of the stream has in hand."""
 TARGET_RATE = 1_000_000
 TARGET_RATIO = 20.0
 TARGET_BYTES = 2_048
@@ -636,11 +644,14 @@ def clone(engine: Engine) -> Engine:
     return copied
 
 
-def tally_engine(tally: Tally, engine: Engine, detection: Detection, subset: int) -> None:
-    """Add a batch's results for the first ``subset`` meters (readings are in meter order).
+def tally_engine(
+    tally: Tally, engine: Engine, detection: Detection, subset: int, first: int = 0
+) -> None:
+    """Add a batch's results for the fleet's first ``subset`` meters.
 
-    Meter ids end in the meter's fleet index (``elec-0001234``), which says whether it is one of
-    the first ``subset``.
+    The batch's readings are in meter order from fleet meter ``first``. Meter ids end in the
+    meter's fleet index (``elec-0001234``), which says whether an alert or estimate is one of the
+    first ``subset``.
     """
 
     def counted(meter_id: str) -> bool:
@@ -649,8 +660,9 @@ def tally_engine(tally: Tally, engine: Engine, detection: Detection, subset: int
     for alert in detection.alerts:
         if counted(alert.meter_id):
             tally.alerts[alert.rule] += 1
-    tally.quality += int(detection.quality[:subset].sum(dtype=np.int64))
-    tally.rejected += int(np.count_nonzero(detection.flags[:subset] & REJECTIONS))
+    inside = max(subset - first, 0)
+    tally.quality += int(detection.quality[:inside].sum(dtype=np.int64))
+    tally.rejected += int(np.count_nonzero(detection.flags[:inside] & REJECTIONS))
     keys = engine.table.key_of(detection.estimates.rows)
     tally.estimates += sum(1 for meter_id, _ in keys if counted(meter_id))
 
@@ -710,14 +722,15 @@ def _where(key: tuple[str, int, str]) -> str:
     return f"{'/'.join(path.parts[-2:])}:{line}({name})"
 
 
-def profile(engine: Engine, polls: Sequence[tuple[int, list[bytes]]]) -> list[str]:
+def profile(engine: Engine, polls: Sequence[tuple[int, list[bytes]]], batch: int) -> list[str]:
     """cProfile one decode + process pass: lines for the top functions and the engine's stages."""
     # builtins=False: a C call's time goes to its Python caller (tracing every builtin call
     # would inflate loops of dict.setdefault & co. several times over).
     profiler = cProfile.Profile(builtins=False)
     profiler.enable()
     for step, messages in polls:
-        engine.process(join_wire_chunk(messages), now_ms=now_ms(step))
+        for _, part in batches_of(messages, batch):
+            engine.process(join_wire_chunk(part), now_ms=now_ms(step))
     profiler.disable()
     stats: dict[tuple[str, int, str], tuple[Any, ...]] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     own = _key(profile), _key(join_wire_chunk)
@@ -807,23 +820,31 @@ def warm_up(fleet: Fleet, warm: int, naive_meters: int) -> tuple[Engine, Naive, 
     return engine, naive, rss_bytes() - before
 
 
+def batches_of(messages: list[bytes], size: int) -> Iterator[tuple[int, list[bytes]]]:
+    """``(first meter, messages)`` per Engine.process call: ``size`` messages at a time."""
+    for begin in range(0, len(messages), size):
+        yield begin * GATEWAY_METERS, messages[begin : begin + size]
+
+
 def engine_run(
-    engine: Engine, polls: Polls, subset: int, fleet: Fleet | None
+    engine: Engine, polls: Polls, subset: int, fleet: Fleet | None, batch: int
 ) -> tuple[float, float, Tally]:
     """(decode s, engine s, results) of the timed polls; ``fleet`` given: check the columns."""
     tally = Tally()
     decode_s = engine_s = 0.0
     for step, messages in polls:
-        start = time.perf_counter()
-        columns = join_wire_chunk(messages)
-        middle = time.perf_counter()
-        detection = engine.process(columns, now_ms=now_ms(step))
-        end = time.perf_counter()
-        decode_s += middle - start
-        engine_s += end - middle
-        tally_engine(tally, engine, detection, subset)
+        for first, part in batches_of(messages, batch):
+            start = time.perf_counter()
+            columns = join_wire_chunk(part)
+            middle = time.perf_counter()
+            detection = engine.process(columns, now_ms=now_ms(step))
+            end = time.perf_counter()
+            decode_s += middle - start
+            engine_s += end - middle
+            tally_engine(tally, engine, detection, subset, first)
         if fleet is not None:
-            assert same_columns(columns, fleet.columns(step)), "decode + join != workload"
+            joined = join_wire_chunk(messages)
+            assert same_columns(joined, fleet.columns(step)), "decode + join != workload"
     return decode_s, engine_s, tally
 
 
@@ -849,7 +870,14 @@ def naive_run(naive: Naive, polls: Polls, gateways: int) -> tuple[float, Tally]:
 
 
 def run_size(
-    meters: int, *, warm: int, timed: int, repeat: int, naive_cap: int, with_profile: bool
+    meters: int,
+    *,
+    warm: int,
+    timed: int,
+    repeat: int,
+    naive_cap: int,
+    with_profile: bool,
+    batch: int = BATCH_MESSAGES,
 ) -> SizeResult:
     fleet = Fleet(meters, warm)
     gateways = -(-min(meters, naive_cap) // GATEWAY_METERS)
@@ -867,7 +895,7 @@ def run_size(
         live = clone(engine)
         gc.collect()
         decode_s, engine_s, tally = engine_run(
-            live, polls, result.naive_meters, fleet if run == 0 else None
+            live, polls, result.naive_meters, fleet if run == 0 else None, batch
         )
         del live
         rates.append(meters * len(polls) / (decode_s + engine_s))
@@ -895,7 +923,7 @@ def run_size(
         result.profile = [
             f"\nprofile at {meters:,} meters: {len(profiled)} poll(s) of {meters:,} readings, "
             "decode + join + process, cProfile, one pass outside the timed runs",
-            *profile(clone(engine), profiled),
+            *profile(clone(engine), profiled, batch),
         ]
     return result
 
@@ -991,6 +1019,12 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--naive-meters", type=int, default=20_000)
+    parser.add_argument(
+        "--batch-messages",
+        type=int,
+        default=BATCH_MESSAGES,
+        help=f"messages per Engine.process call (default {BATCH_MESSAGES}: one GetRecords call)",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, one run (< 30 s)")
     parser.add_argument("--no-profile", action="store_true")
     args = parser.parse_args()
@@ -1019,6 +1053,7 @@ def main() -> None:
                 repeat=args.repeat,
                 naive_cap=args.naive_meters,
                 with_profile=not args.no_profile,
+                batch=args.batch_messages,
             )
         )
     traced_meters = 2_000 if args.quick else 10_000

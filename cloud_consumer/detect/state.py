@@ -595,19 +595,43 @@ class SeriesTable:
         return table
 
 
+_DISTINCT_SPAN = 1 << 26
+"""Rows spanning more than this (and 64x the batch) are checked for repeats by sorting."""
+
+
 def series_order(rows: IntArray, ts: IntArray) -> IntArray:
     """Permutation putting readings in ``(row, ts, arrival)`` order: each series, oldest first.
 
-    Two stable sorts (time, then row); the first is skipped when the batch is already in time
-    order, the usual case. Shared with the episode tracker so both see the same reading order.
+    When every row is distinct (one reading per series, the usual live batch) any order is a
+    series order, so arrival order is kept without sorting: an O(n) count decides it. Otherwise
+    two stable sorts (time, then row); the first is skipped when the batch is already in time
+    order. Shared with the episode tracker so both see the same reading order.
     """
-    if rows.size < 2:
+    if rows.size < 2 or _distinct(rows):
         return np.arange(rows.size, dtype=np.int64)
     if bool((ts[1:] >= ts[:-1]).all()):
         return _stable_order(rows)
     by_time = _stable_order(ts)
     order: IntArray = by_time[_stable_order(rows[by_time])]
     return order
+
+
+def _distinct(rows: IntArray) -> bool:
+    """Whether no row repeats: O(n), without sorting.
+
+    Each position writes its number into a scratch slot named by its row; a repeated row keeps
+    only the last writer's number, so some position reads back another's. The scratch array is
+    left uninitialised: only the slots written are read.
+    """
+    low = int(rows.min())
+    span = int(rows.max()) - low + 1
+    if span > _DISTINCT_SPAN and span > 64 * rows.size:  # scratch larger than it is worth
+        return False
+    index = rows - low
+    positions = np.arange(rows.size, dtype=np.int32)
+    scratch = np.empty(span, dtype=np.int32)
+    scratch[index] = positions
+    return bool((scratch[index] == positions).all())
 
 
 def _stable_order(keys: IntArray) -> IntArray:

@@ -15,6 +15,7 @@ from cloud_consumer.detect.rules.spike import (
     RobustZDetector,
     SpikeConfig,
     SpikeDetector,
+    median_and_mad,
 )
 from cloud_consumer.detect.validate import Flag
 from cloud_consumer.replay_input import ReadingColumns
@@ -221,3 +222,19 @@ def test_robust_z_baseline_is_recomputed_every_refresh_readings() -> None:
 def test_robust_z_refresh_must_be_positive() -> None:
     with pytest.raises(ValueError, match="refresh"):
         RobustZDetector(RobustZConfig(refresh=0))
+
+
+def test_median_and_mad_ignore_padding_and_match_numpy() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.normal(5.0, 1.0, (40, 9))
+    fill = rng.integers(1, 10, 40)
+    values[np.arange(9)[None, :] >= fill[:, None]] = np.nan  # partly filled windows
+    values[0, :] = [4.0, 1.0, 2.0, 9.0, 3.0, 5.0, 6.0, 8.0, 7.0]  # full: median 5, MAD 2
+    values[1, :] = [3.0, 1.0] + [np.nan] * 7  # median 2, MAD 1
+    expected_median = np.nanmedian(values, axis=1)
+    expected_mad = np.nanmedian(np.abs(values - expected_median[:, None]), axis=1)
+    median, mad = median_and_mad(values.copy())
+    assert median[:2].tolist() == [5.0, 2.0]
+    assert mad[:2].tolist() == [2.0, 1.0]
+    np.testing.assert_array_equal(median, expected_median)
+    np.testing.assert_array_equal(mad, expected_mad)

@@ -18,6 +18,7 @@ from cloud_consumer.detect.state import (
     SNAPSHOT_VERSION,
     SeriesTable,
     SnapshotError,
+    series_order,
 )
 from meterlink_wire.batch import ReadingBatch, WindowRow
 from meterlink_wire.vocab import Channel, Unit
@@ -492,3 +493,39 @@ def test_new_series_get_rows_by_dictionary_position_then_channel() -> None:
     assert rows.tolist() == [3, 2, 0, 1]
     restored = SeriesTable.restore(table.snapshot())
     assert restored.rows_for(("y", "x"), np.array([5, 3]), np.array([0, 1])).tolist() == [3, 0]
+
+
+def test_series_order_keeps_arrival_order_when_no_row_repeats() -> None:
+    rows = np.array([7, 2, 9, 0, 5], dtype=np.int64)
+    ts = np.array([50, 10, 40, 30, 20], dtype=np.int64)
+    assert series_order(rows, ts).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_series_order_sorts_by_row_then_time_when_a_row_repeats() -> None:
+    rows = np.array([7, 2, 7, 0, 2, 7], dtype=np.int64)
+    ts = np.array([50, 10, 40, 30, 10, 45], dtype=np.int64)
+    # row 2's two readings tie on time: arrival order decides
+    assert series_order(rows, ts).tolist() == [3, 1, 4, 2, 5, 0]
+
+
+def test_series_order_of_rows_spread_wider_than_the_scratch_limit() -> None:
+    far = 1 << 40  # too wide to count: sorting decides, repeated or not
+    distinct = np.array([far, 3, far + 5], dtype=np.int64)
+    assert series_order(distinct, np.zeros(3, dtype=np.int64)).tolist() == [1, 0, 2]
+    repeated = np.array([far, 3, far, 3], dtype=np.int64)
+    ts = np.array([9, 8, 1, 2], dtype=np.int64)
+    assert series_order(repeated, ts).tolist() == [3, 1, 2, 0]
+
+
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 5)), min_size=1, max_size=60))
+def test_series_order_groups_each_series_oldest_first(pairs: list[tuple[int, int]]) -> None:
+    rows = np.array([row for row, _ in pairs], dtype=np.int64)
+    ts = np.array([t for _, t in pairs], dtype=np.int64)
+    order = series_order(rows, ts).tolist()
+    assert sorted(order) == list(range(len(pairs)))
+    for row in set(rows.tolist()):
+        mine = [i for i in order if rows[i] == row]
+        # each series' readings in (time, arrival) order, whatever the batch's order
+        assert mine == sorted(mine, key=lambda i: (ts[i], i))
+    if len(set(rows.tolist())) < len(pairs):
+        assert [rows[i] for i in order] == sorted(rows.tolist())

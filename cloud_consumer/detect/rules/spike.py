@@ -29,18 +29,29 @@ MAD_SCALE = 1.4826
 """Makes the MAD a consistent estimator of the standard deviation for normal data."""
 
 
-def row_median(values: FloatArray) -> FloatArray:
-    """Median of each row ignoring NaN (padding); every row must hold at least one number.
+def median_and_mad(values: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Median and MAD of each row ignoring NaN (padding), sorting ``values`` in place.
 
-    One ``np.sort`` along the rows (NaN sorts last) and two gathers: ~10x faster than
-    ``np.nanmedian`` or ``np.median`` over many short rows, which dominate this rule's cost.
+    Every row must hold at least one number. Row sorts (NaN sorts last) and gathers are ~10x
+    faster than ``np.nanmedian`` over many short rows, and the sorts are this rule's whole cost:
+    working in place saves the copies, and a row whose last sorted slot is a number is full.
     """
-    ordered = np.sort(values, axis=1)
-    count = values.shape[1] - np.isnan(values).sum(axis=1)
-    lines = np.arange(values.shape[0])
-    upper = ordered[lines, count // 2]
-    lower = ordered[lines, (count - 1) // 2]
-    middle: FloatArray = (lower + upper) / 2.0
+    values.sort(axis=1)
+    width = values.shape[1]
+    count = np.full(len(values), width)
+    partial = np.flatnonzero(np.isnan(values[:, -1]))
+    count[partial] = width - np.isnan(values[partial]).sum(axis=1)
+    lines = np.arange(len(values))
+    centre = _sorted_median(values, lines, count)
+    values -= centre[:, None]
+    np.abs(values, out=values)
+    values.sort(axis=1)
+    return centre, _sorted_median(values, lines, count)
+
+
+def _sorted_median(ordered: FloatArray, lines: IntArray, count: IntArray) -> FloatArray:
+    """Median of the first ``count`` slots of each sorted row."""
+    middle: FloatArray = (ordered[lines, (count - 1) // 2] + ordered[lines, count // 2]) / 2.0
     return middle
 
 
@@ -155,10 +166,9 @@ class RobustZDetector:
             mad[judged] = self._mad.get(rows)
             judged = judged[stale]
             if judged.size:
-                values = table.window_values(frame.rows[judged])
-                centre = row_median(values)
+                centre, spread = median_and_mad(table.window_values(frame.rows[judged]))
                 median[judged] = centre
-                mad[judged] = row_median(np.abs(values - centre[:, None]))
+                mad[judged] = spread
             self._fresh = (frame, judged, median[judged], mad[judged])
         elif judged.size and horizon is not None:
             # The table's time window ends at the series' newest point; judge a reading against
@@ -168,9 +178,7 @@ class RobustZDetector:
             values = np.where(recent, window.values, np.nan)
             enough = recent.sum(axis=1) >= needed
             judged, values = judged[enough], values[enough]
-            centre = row_median(values)
-            median[judged] = centre
-            mad[judged] = row_median(np.abs(values - centre[:, None]))
+            median[judged], mad[judged] = median_and_mad(values)
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.where(mad > 0, np.abs(frame.value - median) / (MAD_SCALE * mad), np.nan)
         return Scores(
