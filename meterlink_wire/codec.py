@@ -380,14 +380,32 @@ def _names(document: dict[str, Any], key: str) -> list[str]:
     return names
 
 
+_KNOWN_CODES: dict[tuple[str, tuple[str, ...]], npt.NDArray[np.uint8]] = {}
+"""Channel and unit dictionaries already checked, with their (read-only) code tables: every
+message of a gateway repeats the same few, so each is checked once."""
+_KNOWN_CODES_MAX = 1_024
+
+
 def _codes(
     names: list[str], key: str, lookup: Callable[[Sequence[str]], npt.NDArray[np.uint8]]
 ) -> npt.NDArray[np.uint8]:
     if len(names) > 255:  # uint8 codes: a longer list must repeat or invent names; skip the loop
         raise WireError(Reason.BAD_VALUE, f"{key} has {len(names)} entries")
+    try:
+        cache_key = (key, tuple(names))
+        known = _KNOWN_CODES.get(cache_key)
+    except TypeError:  # unhashable entries: the lookup below names them
+        known = cache_key = None
+    if known is not None:
+        return known
     codes: npt.NDArray[np.uint8] = lookup(names)
     if len(set(codes.tolist())) != len(codes):
         raise WireError(Reason.BAD_VALUE, f"{key} has duplicate entries")
+    if cache_key is not None:
+        if len(_KNOWN_CODES) >= _KNOWN_CODES_MAX:
+            _KNOWN_CODES.clear()
+        codes.setflags(write=False)
+        _KNOWN_CODES[cache_key] = codes
     return codes
 
 

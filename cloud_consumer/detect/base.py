@@ -237,5 +237,6 @@ def unpack_sections(data: bytes, count: int) -> list[bytes]:
 
 
 def constant(value: float, size: int) -> FloatArray:
-    """A threshold as a per-reading evidence column."""
-    return np.full(size, value, dtype=np.float64)
+    """A threshold as a per-reading evidence column: a read-only view, nothing allocated."""
+    column: FloatArray = np.broadcast_to(np.float64(value), (size,))
+    return column

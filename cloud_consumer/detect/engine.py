@@ -194,7 +194,8 @@ class Engine:
         size = len(frame)
         collected = [_Collected(size) for _ in self.detectors]
         estimates: list[Estimates] = []
-        for index in _rounds(frame.rows) if size else []:
+        rounds = _rounds(frame.rows) if size else []
+        for index in rounds:
             step = (frame if index.size == size else frame.take(index)).with_previous(self.table)
             for detector, found in zip(self.detectors, collected, strict=True):
                 found.put(index, detector.score(step, self.table))
@@ -209,7 +210,13 @@ class Engine:
                 alerts += self._retrospective(detector, frame, found)
                 continue
             changes = tracker.update(
-                frame.rows, found.holds, frame.ts_ms, self.table, found.evidence, ordered=True
+                frame.rows,
+                found.holds,
+                frame.ts_ms,
+                self.table,
+                found.evidence,
+                ordered=True,
+                distinct=len(rounds) == 1,
             )
             alerts += changes.opened
             alerts += changes.resolved

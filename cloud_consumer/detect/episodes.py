@@ -175,6 +175,7 @@ class EpisodeTracker:
         evidence: Mapping[str, npt.ArrayLike] | None = None,
         *,
         ordered: bool = False,
+        distinct: bool = False,
     ) -> EpisodeChanges:
         """Apply one batch of per-reading verdicts; return the episodes it opened and resolved.
 
@@ -183,7 +184,8 @@ class EpisodeTracker:
         order (ties in arrival order), as :meth:`SeriesTable.update` orders them. ``evidence``
         maps names to per-reading arrays; the values at an opening reading become the alert's
         evidence. ``ordered=True`` promises the readings are in that order already (the engine
-        sorts once for all its trackers).
+        sorts once for all its trackers); ``distinct=True`` that no row repeats (one reading per
+        series, the engine's usual batch), which makes any order a series order.
         """
         row = np.asarray(rows).astype(np.int64, copy=False)
         hold = np.asarray(holds).astype(np.bool_, copy=False)
@@ -196,7 +198,7 @@ class EpisodeTracker:
         if row.min() < 0:
             raise ValueError("negative row index")
         self._grow(int(row.max()) + 1)
-        order = self._involved(row, hold, at, ordered)
+        order = self._involved(row, hold, at, ordered or distinct, distinct)
         if not order.size:
             return EpisodeChanges([], [])
         row, hold, at = row[order], hold[order], at[order]
@@ -244,7 +246,9 @@ class EpisodeTracker:
                 resolved.append(self._alert(series[i], start, int(at[index]), found))
         return EpisodeChanges(opened, resolved)
 
-    def _involved(self, row: IntArray, hold: BoolArray, at: IntArray, ordered: bool) -> IntArray:
+    def _involved(
+        self, row: IntArray, hold: BoolArray, at: IntArray, ordered: bool, distinct: bool
+    ) -> IntArray:
         """Positions of the readings that can change an episode, in ``(row, at)`` order.
 
         Only series with an open episode or a holding reading can change: the rest (usually
@@ -252,6 +256,8 @@ class EpisodeTracker:
         """
         involved = self._active[row]
         involved |= hold
+        if distinct:  # each involved reading is its whole series
+            return np.flatnonzero(involved)
         if not involved.any():
             return np.zeros(0, dtype=np.int64)
         mark = np.zeros(self._active.size, dtype=np.bool_)

@@ -221,3 +221,20 @@ def test_snapshot_restore_does_not_change_episodes(
     items: list[tuple[str, int, bool]], cut: int, size: int
 ) -> None:
     assert _run(items, size, cut) == _run(items, size)
+
+
+def test_distinct_rows_in_any_order_give_the_same_episodes() -> None:
+    table, rows = table_with("a", "b", "c", "d")
+    steps = [  # one reading per series per batch, in a different order each time
+        ([2, 0, 3, 1], [True, False, True, False]),
+        ([1, 3, 0, 2], [True, True, False, False]),
+        ([3, 2, 1, 0], [False, False, True, True]),
+    ]
+    plain, fast = EpisodeTracker("r", "warning"), EpisodeTracker("r", "warning")
+    for at, (order, holds) in enumerate(steps, start=1):
+        batch = rows[order]
+        expected = plain.update(batch, holds, [at] * 4, table)
+        got = fast.update(batch, holds, [at] * 4, table, ordered=True, distinct=True)
+        assert got == expected
+    assert [a.meter_id for a in plain.open_alerts(table)] == ["a", "b"]
+    assert fast.open_alerts(table) == plain.open_alerts(table)
