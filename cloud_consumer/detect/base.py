@@ -166,13 +166,19 @@ class RowValues:
 
     def get(self, rows: IntArray) -> npt.NDArray[Any]:
         """Value of each row."""
-        self._grow(int(rows.max(initial=-1)) + 1)
-        return self._data[rows]
+        try:  # rows inside the array, the usual case: no pass over rows to find the largest
+            return self._data[rows]
+        except IndexError:
+            self._grow(int(rows.max(initial=-1)) + 1)
+            return self._data[rows]
 
     def set(self, rows: IntArray, values: npt.ArrayLike) -> None:
         """Set the value of each row (rows distinct: the engine's frames guarantee it)."""
-        self._grow(int(rows.max(initial=-1)) + 1)
-        self._data[rows] = values
+        try:  # numpy checks every index before it writes any
+            self._data[rows] = values
+        except IndexError:
+            self._grow(int(rows.max(initial=-1)) + 1)
+            self._data[rows] = values
 
     def snapshot(self) -> bytes:
         """Values up to the last row not equal to ``fill``, little-endian."""

@@ -178,25 +178,41 @@ class Engine:
         if not keep.size:
             scores = self._quality(flags, keep, [])
             return Detection([], scores, flags, value, unit, Estimates.empty())
+        # The usual batch keeps every reading in arrival order: then the columns serve as they
+        # are, with no gathers.
+        whole = keep.size == flags.size
         rows = self.table.rows_for(
-            columns.meter_ids, channel[keep], meter[keep], columns.dictionaries
+            columns.meter_ids,
+            channel if whole else channel[keep],
+            meter if whole else meter[keep],
+            columns.dictionaries,
         )
-        order = series_order(rows, ts[keep])
-        position, rows = keep[order], rows[order]
-        back = Validator.backdated(rows, ts[position], self.table.last(rows)[1])
+        order = series_order(rows, ts if whole else ts[keep])
+        as_given = whole and bool((order == np.arange(order.size)).all())
+        position = keep if as_given else keep[order]
+        rows = rows if as_given else rows[order]
+        previous, previous_ts = self.table.last(rows)
+        back = Validator.backdated(rows, ts if as_given else ts[position], previous_ts)
         if back.any():
             flags[position[back]] |= np.uint16(Flag.BACKDATED)
-            position, rows = position[~back], rows[~back]
+            as_given, ahead = False, ~back
+            position, rows = position[ahead], rows[ahead]
+            previous, previous_ts = previous[ahead], previous_ts[ahead]
+
+        def at(column: npt.NDArray[Any]) -> npt.NDArray[Any]:
+            return column if as_given else column[position]
+
         frame = Frame(
-            rows, ts[position], value[position], channel[position], unit[position],
-            meter[position], columns.meter_ids,
+            rows, at(ts), at(value), at(channel), at(unit), at(meter), columns.meter_ids,
+            previous, previous_ts,
         )  # fmt: skip
         size = len(frame)
         collected = [_Collected(size) for _ in self.detectors]
         estimates: list[Estimates] = []
         rounds = _rounds(frame.rows) if size else []
         for index in rounds:
-            step = (frame if index.size == size else frame.take(index)).with_previous(self.table)
+            # One round: the frame already holds each series' previous reading.
+            step = frame if index.size == size else frame.take(index).with_previous(self.table)
             for detector, found in zip(self.detectors, collected, strict=True):
                 found.put(index, detector.score(step, self.table))
             if self.interpolator is not None:
@@ -227,11 +243,19 @@ class Engine:
     def _quality(
         self, flags: FlagArray, position: IntArray, collected: Sequence[_Collected]
     ) -> QualityArray:
-        """Each reading's score: its flags, and the kinds of rule that held at it."""
-        fired = {kind: np.zeros(flags.size, dtype=np.bool_) for kind in ("rate_of_change", "fault")}
-        for detector, found in zip(self.detectors, collected, strict=False):
-            if detector.kind in fired:
-                fired[detector.kind][position] |= found.holds
+        """Each reading's score: its flags, and the kinds of rule that held at it.
+
+        The rules' verdicts are combined in frame order, then placed at the readings' positions
+        in the batch in one scatter per kind.
+        """
+        fired = {}
+        for kind in ("rate_of_change", "fault"):
+            held = np.zeros(position.size, dtype=np.bool_)
+            for detector, found in zip(self.detectors, collected, strict=False):
+                if detector.kind == kind:
+                    held |= found.holds
+            fired[kind] = np.zeros(flags.size, dtype=np.bool_)
+            fired[kind][position] = held
         return quality.score(flags, fired["rate_of_change"], fired["fault"])
 
     def _validate(

@@ -94,18 +94,36 @@ class _RowMatrix:
 
     def get(self, rows: IntArray) -> npt.NDArray[Any]:
         """The ``(len(rows), width)`` values of each row (a copy)."""
-        self._grow(int(rows.max(initial=-1)) + 1)
-        return self._data[rows]
+        try:  # as RowValues: grow only when a row is past the end
+            return self._data[rows]
+        except IndexError:
+            self._grow(int(rows.max(initial=-1)) + 1)
+            return self._data[rows]
 
-    def cells(self, rows: IntArray, columns: IntArray) -> npt.NDArray[Any]:
-        """The value in one column of each row."""
-        self._grow(int(rows.max(initial=-1)) + 1)
-        return self._data[rows, columns]
+    def cell(self, rows: IntArray, columns: IntArray) -> IntArray:
+        """Where cell ``(row, column)`` of each row lies in the row-major data.
 
-    def put(self, rows: IntArray, columns: IntArray, values: npt.ArrayLike) -> None:
-        """Set one cell of each row (rows distinct: the engine's frames guarantee it)."""
-        self._grow(int(rows.max(initial=-1)) + 1)
-        self._data[rows, columns] = values
+        The same for every matrix of this width: one index serves several reads and writes,
+        each a flat gather (about 3x faster than indexing rows and columns).
+        """
+        cell: IntArray = rows * self.width + columns
+        return cell
+
+    def at(self, cell: IntArray) -> npt.NDArray[Any]:
+        """The value in each cell (see :meth:`cell`)."""
+        try:  # as RowValues: grow only when a row is past the end
+            return self._data.reshape(-1).take(cell)
+        except IndexError:
+            self._grow(int(cell.max(initial=-1)) // self.width + 1)
+            return self._data.reshape(-1).take(cell)
+
+    def put(self, cell: IntArray, values: npt.ArrayLike) -> None:
+        """Set each cell (cells distinct: the engine's frames hold one reading per series)."""
+        try:
+            self._data.reshape(-1)[cell] = values
+        except IndexError:
+            self._grow(int(cell.max(initial=-1)) // self.width + 1)
+            self._data.reshape(-1)[cell] = values
 
     def snapshot(self) -> bytes:
         """Rows up to the last one not all zero, row-major, little-endian."""
@@ -422,7 +440,7 @@ class LowVarianceDetector:
             return
         step = self._step(frame, table, index)
         self._last = None
-        rows, slot = step.rows, step.slot
+        rows = step.rows
         new = step.new
         if step.rest is not None:
             self._rest_day.set(rows, step.day)
@@ -430,10 +448,11 @@ class LowVarianceDetector:
                 cache.set(rows, values)
         self._first.set(rows[new], step.ts[new])
         self._shift.set(rows[new], step.shift[new])
-        self._day.put(rows, slot, step.day)
-        self._count.put(rows, slot, step.bucket_count)
-        self._sum.put(rows, slot, step.bucket_sum)
-        self._squares.put(rows, slot, step.bucket_squares)
+        cell = step.cell
+        self._day.put(cell, step.day)
+        self._count.put(cell, step.bucket_count)
+        self._sum.put(cell, step.bucket_sum)
+        self._squares.put(cell, step.bucket_squares)
 
     def snapshot(self) -> bytes:
         """First timestamps, shifts and the bucket rings, as :func:`pack_sections`."""
@@ -476,13 +495,13 @@ class _Step:
         deviation = value - self.shift
         day = self.day = ts // DAY_MS
         slot = self.slot = day % rule.config.days
-        same = (rule._day.cells(rows, slot) == day) & (rule._count.cells(rows, slot) > 0)
-        self.bucket_count = np.where(same, rule._count.cells(rows, slot), 0) + 1
+        cell = self.cell = rule._day.cell(rows, slot)
+        count = rule._count.at(cell)
+        same = (rule._day.at(cell) == day) & (count > 0)
+        self.bucket_count = np.where(same, count, 0) + 1
         # "+ 0.0" turns a -0.0 sum into 0.0, so snapshots are canonical.
-        self.bucket_sum = np.where(same, rule._sum.cells(rows, slot), 0.0) + deviation + 0.0
-        self.bucket_squares = (
-            np.where(same, rule._squares.cells(rows, slot), 0.0) + deviation * deviation
-        )
+        self.bucket_sum = np.where(same, rule._sum.at(cell), 0.0) + deviation + 0.0
+        self.bucket_squares = np.where(same, rule._squares.at(cell), 0.0) + deviation * deviation
         self.rest: tuple[FloatArray, FloatArray, FloatArray] | None = None
 
     def window(self) -> tuple[FloatArray, FloatArray, FloatArray]:

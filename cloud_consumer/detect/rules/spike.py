@@ -153,32 +153,37 @@ class RobustZDetector:
     def score(self, frame: Frame, table: SeriesTable) -> Scores:
         config = self.config
         size = len(frame)
-        median = np.full(size, np.nan)
-        mad = np.full(size, np.nan)
         needed = max(config.min_points, 1)
-        judged = np.flatnonzero(table.count(frame.rows) >= needed)
         horizon = table.horizon_ms
-        if judged.size and horizon is None:
-            rows = frame.rows[judged]
-            seen, as_of = table.seen(rows), self._as_of.get(rows)
-            stale = (as_of == 0) | (seen - as_of >= config.refresh)
-            median[judged] = self._median.get(rows)
-            mad[judged] = self._mad.get(rows)
-            judged = judged[stale]
-            if judged.size:
-                centre, spread = median_and_mad(table.window_values(frame.rows[judged]))
-                median[judged] = centre
-                mad[judged] = spread
-            self._fresh = (frame, judged, median[judged], mad[judged])
-        elif judged.size and horizon is not None:
+        if horizon is None:
+            # Every series' stored baseline, then NaN where the window is too short to judge
+            # and a fresh one where it is due: whole-frame reads, no per-subset gathers.
+            seen = table.seen(frame.rows)
+            judged = np.minimum(seen, table.window) >= needed
+            as_of = self._as_of.get(frame.rows)
+            median = self._median.get(frame.rows)
+            mad = self._mad.get(frame.rows)
+            if not judged.all():
+                median[~judged] = np.nan
+                mad[~judged] = np.nan
+            due = np.flatnonzero(judged & ((as_of == 0) | (seen - as_of >= config.refresh)))
+            if due.size:
+                centre, spread = median_and_mad(table.window_values(frame.rows[due]))
+                median[due] = centre
+                mad[due] = spread
+            self._fresh = (frame, due, median[due], mad[due])
+        else:
             # The table's time window ends at the series' newest point; judge a reading against
             # the points within the horizon of the reading itself (a gap empties the window).
-            window = table.window_of(frame.rows[judged])
-            recent = window.valid & (window.ts > (frame.ts_ms[judged] - horizon)[:, None])
-            values = np.where(recent, window.values, np.nan)
+            median = np.full(size, np.nan)
+            mad = np.full(size, np.nan)
+            where = np.flatnonzero(table.count(frame.rows) >= needed)
+            window = table.window_of(frame.rows[where])
+            recent = window.valid & (window.ts > (frame.ts_ms[where] - horizon)[:, None])
             enough = recent.sum(axis=1) >= needed
-            judged, values = judged[enough], values[enough]
-            median[judged], mad[judged] = median_and_mad(values)
+            if enough.any():
+                values = np.where(recent, window.values, np.nan)[enough]
+                median[where[enough]], mad[where[enough]] = median_and_mad(values)
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.where(mad > 0, np.abs(frame.value - median) / (MAD_SCALE * mad), np.nan)
         return Scores(

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from cloud_consumer.detect.base import (
     Frame,
@@ -42,6 +43,24 @@ MINUTE_MS = 60_000
 
 _FLOW = int(Channel.FLOW)
 _VOLUME = int(Channel.VOLUME)
+
+
+def _spread(values: npt.ArrayLike, index: IntArray, size: int) -> FloatArray:
+    """Per-reading floats: ``values`` at ``index``, NaN elsewhere (rules that judge one channel)."""
+    spread = np.full(size, np.nan)
+    spread[index] = values
+    return spread
+
+
+@dataclass(frozen=True)
+class _HourStep:
+    """Continuous flow's step: flow positions in the frame, their rows, and the state after."""
+
+    flow: IntArray
+    rows: IntArray
+    hours: IntArray
+    minimums: FloatArray
+    runs: IntArray
 
 
 def _load(data: bytes, values: RowValues, low: float) -> None:
@@ -100,42 +119,57 @@ class ContinuousFlowDetector:
         self._hour = RowValues(np.int64, -1)
         self._minimum = RowValues(np.float64, 0.0)
         self._run = RowCounts()
+        self._last: tuple[Frame, _HourStep] | None = None
 
-    def _step(self, frame: Frame) -> tuple[BoolArray, IntArray, FloatArray, IntArray]:
-        """Which readings are flow, and each series' hour, hour minimum and run after them."""
-        flow: BoolArray = frame.channel == _FLOW
-        current = self._hour.get(frame.rows)
-        minimum = self._minimum.get(frame.rows)
-        run = self._run.get(frame.rows)
-        hour = frame.ts_ms // HOUR_MS
+    def _step(self, frame: Frame) -> _HourStep:
+        """The frame's flow readings, and their series' hour, hour minimum and run after them.
+
+        Computed once per frame for ``score`` and ``learn``, on the flow readings only.
+        """
+        if self._last is not None and self._last[0] is frame:
+            return self._last[1]
+        flow = np.flatnonzero(frame.channel == _FLOW)
+        rows = frame.rows[flow]
+        value = frame.value[flow]
+        current = self._hour.get(rows)
+        minimum = self._minimum.get(rows)
+        run = self._run.get(rows)
+        hour = frame.ts_ms[flow] // HOUR_MS
         later = hour > current  # a series' first reading too (current hour -1)
         closed = np.where((minimum > 0) & (hour == current + 1), run + 1, 0)
-        runs: IntArray = np.where(later, closed, run)
         # + 0.0 turns -0.0 into 0.0, so snapshots do not depend on which zero was seen.
-        minimums: FloatArray = np.where(later, frame.value, np.minimum(minimum, frame.value)) + 0.0
-        hours: IntArray = np.maximum(hour, current)
-        return flow, hours, minimums, runs
+        step = _HourStep(
+            flow,
+            rows,
+            np.maximum(hour, current),
+            np.where(later, value, np.minimum(minimum, value)) + 0.0,
+            np.where(later, closed, run),
+        )
+        self._last = (frame, step)
+        return step
 
     def score(self, frame: Frame, table: SeriesTable) -> Scores:
-        flow, _, minimums, runs = self._step(frame)
-        run_hours = np.where(flow, runs, np.nan)
+        step = self._step(frame)
+        size = len(frame)
+        holds = np.zeros(size, dtype=np.bool_)
+        holds[step.flow] = (step.runs >= self.config.min_hours) & (step.minimums > 0)
         return Scores(
-            flow & (runs >= self.config.min_hours) & (minimums > 0),
-            run_hours,
+            holds,
+            _spread(step.runs, step.flow, size),
             {
-                "run_hours": run_hours,
-                "hour_min_flow": np.where(flow, minimums, np.nan),
-                "threshold_hours": constant(self.config.min_hours, len(frame)),
+                "run_hours": _spread(step.runs, step.flow, size),
+                "hour_min_flow": _spread(step.minimums, step.flow, size),
+                "threshold_hours": constant(self.config.min_hours, size),
             },
         )
 
     def learn(self, frame: Frame, table: SeriesTable) -> None:
         """Advance each flow series' hour, minimum and run (one reading per series per frame)."""
-        flow, hours, minimums, runs = self._step(frame)
-        rows = frame.rows[flow]
-        self._hour.set(rows, hours[flow])
-        self._minimum.set(rows, minimums[flow])
-        self._run.set(rows, runs[flow])
+        step = self._step(frame)
+        self._last = None
+        self._hour.set(step.rows, step.hours)
+        self._minimum.set(step.rows, step.minimums)
+        self._run.set(step.rows, step.runs)
 
     def snapshot(self) -> bytes:
         """Hour indices, hour minimums and runs: three sections of little-endian row values."""
@@ -151,6 +185,7 @@ class ContinuousFlowDetector:
         _load(minimum_bytes, minimum, -math.inf)
         run.restore(run_bytes)
         self._hour, self._minimum, self._run = hour, minimum, run
+        self._last = None
 
 
 # --- burst -----------------------------------------------------------------------------------
@@ -195,26 +230,28 @@ class BurstDetector:
         self.severity: Severity = self.config.severity
         self._start = RowValues(np.int64, -1)
 
-    def _step(self, frame: Frame) -> tuple[BoolArray, BoolArray, IntArray]:
-        """Which readings are flow, which are in a run, and each series' run start after them."""
-        flow: BoolArray = frame.channel == _FLOW
-        start = self._start.get(frame.rows)
-        high: BoolArray = flow & (frame.value >= self.config.min_flow)
-        starts: IntArray = np.where(high, np.where(start >= 0, start, frame.ts_ms), -1)
+    def _step(self, frame: Frame) -> tuple[IntArray, BoolArray, IntArray]:
+        """The frame's flow readings, which are in a run, and their series' run start after them."""
+        flow = np.flatnonzero(frame.channel == _FLOW)
+        start = self._start.get(frame.rows[flow])
+        high: BoolArray = frame.value[flow] >= self.config.min_flow
+        starts: IntArray = np.where(high, np.where(start >= 0, start, frame.ts_ms[flow]), -1)
         return flow, high, starts
 
     def score(self, frame: Frame, table: SeriesTable) -> Scores:
         config = self.config
         flow, high, starts = self._step(frame)
-        duration = frame.ts_ms - starts
+        duration = frame.ts_ms[flow] - starts
         size = len(frame)
+        holds = np.zeros(size, dtype=np.bool_)
+        holds[flow] = high & (duration >= config.min_duration_ms)
         return Scores(
-            high & (duration >= config.min_duration_ms),
-            np.where(flow, frame.value / config.min_flow, np.nan),
+            holds,
+            _spread(frame.value[flow] / config.min_flow, flow, size),
             {
                 "value": frame.value,
-                "run_start_ms": np.where(high, starts, np.nan),
-                "duration_min": np.where(high, duration / MINUTE_MS, np.nan),
+                "run_start_ms": _spread(np.where(high, starts, np.nan), flow, size),
+                "duration_min": _spread(np.where(high, duration / MINUTE_MS, np.nan), flow, size),
                 "threshold_flow": constant(config.min_flow, size),
                 "threshold_min": constant(config.min_duration_ms / MINUTE_MS, size),
             },
@@ -223,7 +260,7 @@ class BurstDetector:
     def learn(self, frame: Frame, table: SeriesTable) -> None:
         """Start, continue or end each flow series' run (one reading per series per frame)."""
         flow, _, starts = self._step(frame)
-        self._start.set(frame.rows[flow], starts[flow])
+        self._start.set(frame.rows[flow], starts)
 
     def snapshot(self) -> bytes:
         """The run starts (little-endian int64 per row, -1: not in a run)."""
