@@ -219,7 +219,7 @@ class Engine:
                 estimates.append(self.interpolator.fill(step, self.table))
             for detector in self.detectors:
                 detector.learn(step, self.table)
-            self.table.update(step.rows, step.ts_ms, step.value)
+            self.table.update(step.rows, step.ts_ms, step.value, distinct=True)
         alerts: list[Alert] = []
         for detector, tracker, found in zip(self.detectors, self.trackers, collected, strict=True):
             if found.since is not None:

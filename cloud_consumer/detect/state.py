@@ -176,6 +176,8 @@ class SeriesTable:
         # rule reads it every step and a gather from the ring costs a cache miss per row.
         self._newest_value = np.full(capacity, np.nan)
         self._newest_ts = np.full(capacity, -1, dtype=np.int64)
+        # And the time of the reading before it (-1: none in the ring), for a series' cadence.
+        self._prior_ts = np.full(capacity, -1, dtype=np.int64)
         # Each row's series: meter code and channel (its key, without a Python tuple per row).
         self._row_meter = np.zeros(capacity, dtype=np.int64)
         self._row_channel = np.zeros(capacity, dtype=np.uint8)
@@ -187,6 +189,7 @@ class SeriesTable:
             self._seen,
             self._newest_value,
             self._newest_ts,
+            self._prior_ts,
             self._row_meter,
             self._row_channel,
         )
@@ -351,11 +354,20 @@ class SeriesTable:
 
     # --- update -----------------------------------------------------------------------------
 
-    def update(self, rows: npt.ArrayLike, ts_ms: npt.ArrayLike, values: npt.ArrayLike) -> None:
+    def update(
+        self,
+        rows: npt.ArrayLike,
+        ts_ms: npt.ArrayLike,
+        values: npt.ArrayLike,
+        *,
+        distinct: bool = False,
+    ) -> None:
         """Append one batch of readings (any order, any number per series) to their windows.
 
         Within the batch, each series' readings are applied in timestamp order (ties in arrival
         order). Values must be finite (the wire decoder guarantees it); rows must exist.
+        ``distinct=True`` promises that no row repeats (the engine's steps), so the readings are
+        written as they are, without grouping them by series.
         """
         row = np.asarray(rows).astype(np.int64, copy=False)
         ts = np.asarray(ts_ms).astype(np.int64, copy=False)
@@ -369,6 +381,27 @@ class SeriesTable:
             raise ValueError("row index outside the table (use rows_for first)")
         if not np.isfinite(value).all():
             raise ValueError("values must be finite")
+        if distinct:
+            self._append_distinct(row, ts, value)
+        else:
+            self._append_grouped(row, ts, value)
+
+    def _append_distinct(self, row: IntArray, ts: IntArray, value: FloatArray) -> None:
+        """Write one reading per row, as given."""
+        width = self.window
+        before = self._seen[row]
+        if width > 1:
+            self._prior_ts[row] = self._newest_ts[row]
+        self._newest_value[row] = value
+        self._newest_ts[row] = ts
+        target = row * width + before % width
+        self._values.reshape(-1)[target] = value
+        self._ts.reshape(-1)[target] = ts
+        self._seen[row] = before + 1
+
+    def _append_grouped(self, row: IntArray, ts: IntArray, value: FloatArray) -> None:
+        """Write readings of any number per row: grouped by series, oldest first."""
+        n = row.size
         width = self.window
         if n > 1:
             order = series_order(row, ts)
@@ -379,6 +412,11 @@ class SeriesTable:
         starts = np.flatnonzero(first)
         unique = row[starts]
         newest = np.append(starts[1:], n) - 1
+        if width > 1:  # the batch's second newest of a series, else the table's newest
+            alone = newest == starts
+            self._prior_ts[unique] = np.where(
+                alone, self._newest_ts[unique], ts[np.maximum(newest - 1, 0)]
+            )
         self._newest_value[unique] = value[newest]
         self._newest_ts[unique] = ts[newest]
         before = self._seen[unique]
@@ -492,6 +530,11 @@ class SeriesTable:
         ts = np.where(empty, -1, self._ts.reshape(-1)[flat])
         return values, ts
 
+    def prior_ts(self, rows: npt.ArrayLike) -> IntArray:
+        """Timestamp of each row's reading before its newest: ``last(rows, 1)[1]``, compact."""
+        prior: IntArray = self._prior_ts[np.asarray(rows, dtype=np.int64)]
+        return prior
+
     def window_values(self, rows: npt.ArrayLike) -> FloatArray:
         """Window values of each row in ring order (not time order), NaN where no point.
 
@@ -592,6 +635,10 @@ class SeriesTable:
         newest = written * window + (seen[written] - 1) % window
         table._newest_value[written] = table._values.reshape(-1)[newest]
         table._newest_ts[written] = table._ts.reshape(-1)[newest]
+        if window > 1:
+            twice = np.flatnonzero(seen > 1)
+            prior = twice * window + (seen[twice] - 2) % window
+            table._prior_ts[twice] = table._ts.reshape(-1)[prior]
         return table
 
 

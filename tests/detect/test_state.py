@@ -529,3 +529,35 @@ def test_series_order_groups_each_series_oldest_first(pairs: list[tuple[int, int
         assert mine == sorted(mine, key=lambda i: (ts[i], i))
     if len(set(rows.tolist())) < len(pairs):
         assert [rows[i] for i in order] == sorted(rows.tolist())
+
+
+def test_update_of_distinct_rows_equals_the_general_path() -> None:
+    general, promised = SeriesTable(3), SeriesTable(3)
+    meters = ["a", "b", "c", "d"]
+    for table in (general, promised):
+        table.rows_for(meters, np.full(4, 1))
+    rng = np.random.default_rng(5)
+    for step in range(7):  # wraps the 3-slot rings twice
+        rows = rng.permutation(4)[: 1 + step % 4]
+        ts = np.full(rows.size, 1000 * (step + 1))
+        values = rng.normal(size=rows.size)
+        general.update(rows, ts, values)
+        promised.update(rows, ts, values, distinct=True)
+    assert promised.snapshot() == general.snapshot()
+    assert promised.last(np.arange(4))[1].tolist() == general.last(np.arange(4))[1].tolist()
+
+
+@pytest.mark.parametrize("window", [1, 2, 5])
+def test_prior_ts_is_the_reading_before_the_newest(window: int) -> None:
+    table = SeriesTable(window)
+    rows = table.rows_for(["a", "b", "c"], np.full(3, 1))
+    rng = np.random.default_rng(window)
+    clock = 0
+    for step in range(12):  # batches of distinct rows and batches with repeats, both paths
+        picked = rng.choice(rows, size=4 if step % 2 else 2, replace=bool(step % 2))
+        ts = clock + np.arange(1, picked.size + 1) * 10
+        clock = int(ts.max())
+        table.update(picked, ts, rng.normal(size=picked.size), distinct=not step % 2)
+        assert table.prior_ts(rows).tolist() == table.last(rows, 1)[1].tolist()
+    restored = SeriesTable.restore(table.snapshot())
+    assert restored.prior_ts(rows).tolist() == table.prior_ts(rows).tolist()

@@ -166,7 +166,7 @@ class Interpolator:
     def fill(self, frame: Frame, table: SeriesTable) -> Estimates:
         """Estimates for the gaps each reading of ``frame`` closes (before the table learns it)."""
         config = self.config
-        (previous, last_ts), (_, before_ts) = frame.last(table), table.last(frame.rows, 1)
+        (previous, last_ts), before_ts = frame.last(table), table.prior_ts(frame.rows)
         gap = frame.ts_ms - last_ts
         cadence = last_ts - before_ts
         fills = (
