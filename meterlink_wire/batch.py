@@ -96,6 +96,15 @@ def check_header(
     return checked
 
 
+def as_unsigned(values: IntArray) -> npt.NDArray[np.uint64]:
+    """Integers as unsigned 64-bit, the same bytes: one ``max`` then checks ``[0, high]``.
+
+    A negative value becomes huge, so it fails the upper bound.
+    """
+    unsigned: npt.NDArray[np.uint64] = values.astype(np.int64, copy=False).view(np.uint64)
+    return unsigned
+
+
 def _first(bad: npt.NDArray[np.bool_]) -> int:
     return int(np.flatnonzero(bad)[0])
 
@@ -122,8 +131,7 @@ def check_values(
     # Finite min and max plus min <= last <= max and min <= mean <= max imply finite last and
     # mean; NaN fails every comparison.
     valid = (
-        start_ms.min() >= 0
-        and start_ms.max() <= MAX_TIMESTAMP_MS
+        as_unsigned(start_ms).max() <= MAX_TIMESTAMP_MS
         and count.min() >= 1
         and np.isfinite(min_).all()
         and np.isfinite(max_).all()

@@ -24,6 +24,7 @@ from meterlink_wire.batch import (
     MAX_WINDOW_S,
     Kind,
     ReadingBatch,
+    as_unsigned,
     check_int,
     check_values,
 )
@@ -365,7 +366,7 @@ def _floats(values: list[Any], name: str, check_bools: bool) -> npt.NDArray[np.f
 
 
 def _indices(values: npt.NDArray[np.int64], name: str, size: int) -> None:
-    if values.size and (values.min() < 0 or values.max() >= size):
+    if values.size and as_unsigned(values).max() >= size:
         bad = (values < 0) | (values >= size)
         row = int(np.flatnonzero(bad)[0])
         raise WireError(
