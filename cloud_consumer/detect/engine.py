@@ -3,8 +3,9 @@
 :meth:`Engine.process` takes a batch of readings (:class:`ReadingColumns`) and returns the alerts
 it opened and resolved. Results are **identical whatever the batch size**: each reading is scored
 against its series' window as of the reading before it in that series, exactly as if readings
-arrived one by one. The batch is sorted once by ``(row, ts)`` (:func:`series_order`; ties in
-arrival order) and evaluated in *rank rounds*: round 0 holds the first reading of every series in
+arrived one by one. The batch is put in series order once (:func:`series_order`: kept as it
+arrived when no series repeats, else sorted by ``(row, ts)``, ties in arrival order) and
+evaluated in *rank rounds*: round 0 holds the first reading of every series in
 the batch, round 1 the second, and so on. Each round is one vectorised step (every detector
 scores it, learns it, then the table is updated with it), so the number of Python-level steps is
 the largest number of readings any one series has in the batch (1 when the transport delivers a
