@@ -20,6 +20,7 @@ batch-size independence holds for streams whose series arrive in time order.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -205,15 +206,16 @@ class Engine:
 
         frame = Frame(
             rows, at(ts), at(value), at(channel), at(unit), at(meter), columns.meter_ids,
-            previous, previous_ts,
         )  # fmt: skip
         size = len(frame)
         collected = [_Collected(size) for _ in self.detectors]
         estimates: list[Estimates] = []
         rounds = _rounds(frame.rows) if size else []
         for index in rounds:
-            # One round: the frame already holds each series' previous reading.
-            step = frame if index.size == size else frame.take(index).with_previous(self.table)
+            if index.size == size:  # the only round: its previous readings are read already
+                step = dataclasses.replace(frame, previous=previous, previous_ts=previous_ts)
+            else:
+                step = frame.take(index).with_previous(self.table)
             for detector, found in zip(self.detectors, collected, strict=True):
                 found.put(index, detector.score(step, self.table))
             if self.interpolator is not None:
