@@ -16,9 +16,9 @@ without worrying about repeated rows.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -80,6 +80,39 @@ class Frame:
         if self.previous is None or self.previous_ts is None:
             return table.last(self.rows)
         return self.previous, self.previous_ts
+
+
+_T = TypeVar("_T")
+
+
+class PerFrame(Generic[_T]):
+    """What a rule works out about a frame, computed once for its ``score`` and ``learn``.
+
+    The engine scores a frame, then lets the rule learn the same frame object; the memo
+    recognises it by identity (it holds the frame, so the id cannot be reused meanwhile).
+    ``learn`` takes the value out: the rule's state changes right after.
+    """
+
+    def __init__(self) -> None:
+        self._frame: Frame | None = None
+        self._value: _T | None = None
+
+    def get(self, frame: Frame, compute: Callable[[], _T]) -> _T:
+        """The value for ``frame``, computed by ``compute`` unless it is held already."""
+        if self._frame is not frame or self._value is None:
+            self._frame, self._value = frame, compute()
+        return self._value
+
+    def take(self, frame: Frame, compute: Callable[[], _T]) -> _T:
+        """As :meth:`get`, and forget it."""
+        value = self.get(frame, compute)
+        self.clear()
+        return value
+
+    def clear(self) -> None:
+        """Forget the held value (state restored from a snapshot invalidates it)."""
+        self._frame = None
+        self._value = None
 
 
 @dataclass(frozen=True, eq=False)

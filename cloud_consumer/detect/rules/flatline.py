@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from cloud_consumer.detect.base import (
     Frame,
+    PerFrame,
     RowValues,
     RuleKind,
     Scores,
@@ -387,15 +388,7 @@ class LowVarianceDetector:
         # order), so the window costs O(days) once per row per day, O(1) per reading otherwise.
         self._rest_day = RowValues(np.int64, -1)
         self._rest = (RowValues(np.float64), RowValues(np.float64), RowValues(np.float64))
-        self._last: tuple[Frame, _Step] | None = None
-
-    def _step(self, frame: Frame, table: SeriesTable, index: IntArray) -> _Step:
-        """The frame's :class:`_Step`, computed once for ``score`` and ``learn`` of a frame."""
-        if self._last is not None and self._last[0] is frame:
-            return self._last[1]
-        step = _Step(self, frame, table, index)
-        self._last = (frame, step)
-        return step
+        self._steps: PerFrame[_Step] = PerFrame()
 
     def _state(self) -> tuple[RowValues, RowValues, _RowMatrix, _RowMatrix, _RowMatrix, _RowMatrix]:
         return self._first, self._shift, self._day, self._count, self._sum, self._squares
@@ -409,7 +402,7 @@ class LowVarianceDetector:
         holds = np.zeros(size, dtype=np.bool_)
         index = np.flatnonzero(self._applies[frame.channel])
         if index.size:
-            step = self._step(frame, table, index)
+            step = self._steps.get(frame, lambda: _Step(self, frame, table, index))
             n, total, squares = step.window()
             centre = total / n
             deviation = np.sqrt(np.maximum(squares / n - centre * centre, 0.0))
@@ -438,8 +431,7 @@ class LowVarianceDetector:
         index = np.flatnonzero(self._applies[frame.channel])
         if not index.size:
             return
-        step = self._step(frame, table, index)
-        self._last = None
+        step = self._steps.take(frame, lambda: _Step(self, frame, table, index))
         rows = step.rows
         new = step.new
         if step.rest is not None:
@@ -472,7 +464,7 @@ class LowVarianceDetector:
         self._shift = _load_row_values(np.float64, shift)
         self._day, self._count, self._sum, self._squares = matrices
         self._rest_day = RowValues(np.int64, -1)
-        self._last = None
+        self._steps.clear()
 
 
 class _Step:

@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from cloud_consumer.detect.base import (
     Frame,
+    PerFrame,
     RowCounts,
     RowValues,
     RuleKind,
@@ -119,15 +120,13 @@ class ContinuousFlowDetector:
         self._hour = RowValues(np.int64, -1)
         self._minimum = RowValues(np.float64, 0.0)
         self._run = RowCounts()
-        self._last: tuple[Frame, _HourStep] | None = None
+        self._steps: PerFrame[_HourStep] = PerFrame()
 
     def _step(self, frame: Frame) -> _HourStep:
         """The frame's flow readings, and their series' hour, hour minimum and run after them.
 
         Computed once per frame for ``score`` and ``learn``, on the flow readings only.
         """
-        if self._last is not None and self._last[0] is frame:
-            return self._last[1]
         flow = np.flatnonzero(frame.channel == _FLOW)
         rows = frame.rows[flow]
         value = frame.value[flow]
@@ -138,18 +137,16 @@ class ContinuousFlowDetector:
         later = hour > current  # a series' first reading too (current hour -1)
         closed = np.where((minimum > 0) & (hour == current + 1), run + 1, 0)
         # + 0.0 turns -0.0 into 0.0, so snapshots do not depend on which zero was seen.
-        step = _HourStep(
+        return _HourStep(
             flow,
             rows,
             np.maximum(hour, current),
             np.where(later, value, np.minimum(minimum, value)) + 0.0,
             np.where(later, closed, run),
         )
-        self._last = (frame, step)
-        return step
 
     def score(self, frame: Frame, table: SeriesTable) -> Scores:
-        step = self._step(frame)
+        step = self._steps.get(frame, lambda: self._step(frame))
         size = len(frame)
         holds = np.zeros(size, dtype=np.bool_)
         holds[step.flow] = (step.runs >= self.config.min_hours) & (step.minimums > 0)
@@ -165,8 +162,7 @@ class ContinuousFlowDetector:
 
     def learn(self, frame: Frame, table: SeriesTable) -> None:
         """Advance each flow series' hour, minimum and run (one reading per series per frame)."""
-        step = self._step(frame)
-        self._last = None
+        step = self._steps.take(frame, lambda: self._step(frame))
         self._hour.set(step.rows, step.hours)
         self._minimum.set(step.rows, step.minimums)
         self._run.set(step.rows, step.runs)
@@ -185,7 +181,7 @@ class ContinuousFlowDetector:
         _load(minimum_bytes, minimum, -math.inf)
         run.restore(run_bytes)
         self._hour, self._minimum, self._run = hour, minimum, run
-        self._last = None
+        self._steps.clear()
 
 
 # --- burst -----------------------------------------------------------------------------------

@@ -1,0 +1,44 @@
+"""The detector toolkit: per-frame memo and threshold evidence columns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cloud_consumer.detect.base import Frame, PerFrame, constant
+
+
+def frame(n: int) -> Frame:
+    zeros = np.zeros(n, dtype=np.int64)
+    return Frame(
+        zeros, zeros, np.zeros(n), np.zeros(n, np.uint8), np.zeros(n, np.uint8),
+        np.zeros(n, np.int32), ("m",),
+    )  # fmt: skip
+
+
+def test_per_frame_computes_once_per_frame_and_take_forgets() -> None:
+    calls: list[int] = []
+
+    def compute(value: int) -> int:
+        calls.append(value)
+        return value
+
+    memo: PerFrame[int] = PerFrame()
+    first, second = frame(2), frame(2)
+    assert memo.get(first, lambda: compute(1)) == 1
+    assert memo.get(first, lambda: compute(2)) == 1  # held: not computed again
+    assert memo.take(first, lambda: compute(3)) == 1
+    assert memo.get(first, lambda: compute(4)) == 4  # taken: computed afresh
+    assert memo.get(second, lambda: compute(5)) == 5  # another frame, however alike
+    memo.clear()
+    assert memo.take(second, lambda: compute(6)) == 6
+    assert calls == [1, 4, 5, 6]
+
+
+def test_constant_is_a_read_only_column_of_the_threshold() -> None:
+    column = constant(3.5, 4)
+    assert column.tolist() == [3.5] * 4
+    assert column.dtype == np.float64
+    assert column[[1, 3]].tolist() == [3.5, 3.5]
+    with pytest.raises(ValueError, match="read-only"):
+        column[0] = 1.0
