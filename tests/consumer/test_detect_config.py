@@ -14,6 +14,7 @@ from cloud_consumer.detect.rules.flatline import StuckValueConfig, ZeroRunConfig
 from cloud_consumer.detect.rules.gaps import InterpolationConfig, Interpolator
 from cloud_consumer.detect.rules.overload import OverloadConfig
 from cloud_consumer.detect.rules.spike import SpikeConfig
+from cloud_consumer.detect.rules.water import ReverseFlowConfig
 from cloud_consumer.detect.validate import ValidationConfig, Validator
 from meterlink_config import ConfigError, TomlReader
 from meterlink_wire.vocab import Channel
@@ -103,6 +104,12 @@ def test_window_and_horizon(tmp_path: Path) -> None:
 def test_time_fields_in_any_unit(tmp_path: Path, key: str, expected: int) -> None:
     settings = load(tmp_path, f"[detect.rules.stuck_value]\n{key}\n")
     assert settings.rules["stuck_value"] == StuckValueConfig(min_duration_ms=expected)
+
+
+def test_register_rollover_is_optional(tmp_path: Path) -> None:
+    settings = load(tmp_path, "[detect.rules.reverse_flow]\nregister_rollover = 100000\n")
+    assert settings.rules["reverse_flow"] == ReverseFlowConfig(register_rollover=100_000.0)
+    assert ReverseFlowConfig().register_rollover is None
 
 
 def test_rule_fields_by_name(tmp_path: Path) -> None:

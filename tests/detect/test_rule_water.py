@@ -436,6 +436,43 @@ def test_reverse_flow_first_reading_and_previous_from_an_earlier_batch() -> None
     )
 
 
+# A five-digit register (rolls over at 100,000 m3): it wraps from 99,999.8 to 0.3 (a 0.5 m3 step
+# forward), climbs, then runs 0.2 m3 backwards.
+WRAPPING = [99_999.2, 99_999.8, 0.3, 0.9, 0.7, 1.0]
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_a_register_rollover_is_not_backflow_when_the_rollover_is_known(batch: int) -> None:
+    known = ReverseFlowDetector(ReverseFlowConfig(register_rollover=100_000.0))
+    readings = values_of("v", WRAPPING, channel=VOLUME)
+    same(
+        detect(known, readings, batch),
+        [
+            reverse("v", VOLUME, 4 * MINUTE, None, 0.7, 0.9, 0.001),
+            reverse("v", VOLUME, 4 * MINUTE, 5 * MINUTE, 0.7, 0.9, 0.001),
+        ],
+    )
+    # Unknown rollover: the wrap itself reads as the register running backwards.
+    unknown = [a for a in detect(ReverseFlowDetector(), readings, batch) if a.resolved_ms is None]
+    assert [(a.opened_ms, a.evidence["previous"]) for a in unknown] == [
+        (2 * MINUTE, 99_999.8),
+        (4 * MINUTE, 0.9),
+    ]
+
+
+def test_a_drop_near_the_top_of_the_register_is_still_backflow() -> None:
+    known = ReverseFlowDetector(ReverseFlowConfig(register_rollover=100_000.0))
+    readings = values_of("v", [99_999.5, 99_999.2], channel=VOLUME)
+    opened = [a for a in detect(known, readings) if a.resolved_ms is None]
+    assert [(a.opened_ms, a.evidence["value"]) for a in opened] == [(MINUTE, 99_999.2)]
+
+
+@pytest.mark.parametrize("rollover", [0.0, -1.0, math.inf, math.nan])
+def test_register_rollover_must_be_positive_and_finite(rollover: float) -> None:
+    with pytest.raises(ValueError, match="register_rollover"):
+        ReverseFlowDetector(ReverseFlowConfig(register_rollover=rollover))
+
+
 def test_reverse_flow_duplicate_timestamps() -> None:
     repeated = [
         ("m", 0, 10.0, VOLUME, M3),

@@ -44,6 +44,9 @@ MINUTE_MS = 60_000
 
 _FLOW = int(Channel.FLOW)
 _VOLUME = int(Channel.VOLUME)
+ROLLOVER_STEP = 0.01
+"""Largest advance across a register rollover, as a share of the register's span: far more than
+any meter moves between two readings, far less than a drop back from near the top."""
 
 
 def _spread(values: npt.ArrayLike, index: IntArray, size: int) -> FloatArray:
@@ -281,6 +284,11 @@ class ReverseFlowConfig:
     volume_tolerance: float = 0.001
     """A volume register below the previous one by more than this (m3, one litre) runs backwards
     (the slack absorbs the register's last-digit jitter)."""
+    register_rollover: float | None = None
+    """Where the fleet's volume registers roll over to zero (m3: 100000.0 for five whole digits),
+    if known. A drop that is a short step forward across the rollover (``value + rollover -
+    previous`` at most :data:`ROLLOVER_STEP` of the span) is then the register wrapping, not
+    backflow. None: every drop is backflow."""
     severity: Severity = "warning"
 
 
@@ -291,10 +299,11 @@ class ReverseFlowDetector:
     the default 0, ``-0.0`` and ``0.0`` do not hold). On VOLUME readings (the cumulative register,
     m3) it holds where ``value < previous - volume_tolerance``, ``previous`` being the series'
     previous reading (the table's; a series' first reading is never judged). Other channels never
-    hold. A register that wraps around (rolls over at its maximum) also reads as running
-    backwards. Score: how far it ran backwards (``-value`` for flow, ``previous - value`` for
-    volume; NaN where not judged). Evidence: ``value``, ``previous`` (NaN for flow),
-    ``tolerance``. Stateless: the previous value lives in the table.
+    hold. A register that wraps around (rolls over at its maximum) reads as running backwards
+    unless ``register_rollover`` says where it wraps: then a short step forward across the
+    rollover is not judged. Score: how far it ran backwards (``-value`` for flow,
+    ``previous - value`` for volume; NaN where not judged). Evidence: ``value``, ``previous``
+    (NaN for flow), ``tolerance``. Stateless: the previous value lives in the table.
     """
 
     name = "reverse_flow"
@@ -306,6 +315,9 @@ class ReverseFlowDetector:
             tolerance = getattr(self.config, field)
             if not (math.isfinite(tolerance) and tolerance >= 0):
                 raise ValueError(f"{field} must be finite and >= 0, got {tolerance}")
+        rollover = self.config.register_rollover
+        if rollover is not None and not (math.isfinite(rollover) and rollover > 0):
+            raise ValueError(f"register_rollover must be finite and > 0, got {rollover}")
         self.severity: Severity = self.config.severity
 
     def score(self, frame: Frame, table: SeriesTable) -> Scores:
@@ -314,6 +326,10 @@ class ReverseFlowDetector:
         volume = frame.channel == _VOLUME
         last, _ = frame.last(table)  # NaN for a series' first reading
         previous = np.where(volume, last, np.nan)
+        if config.register_rollover is not None:  # a wrapped register did not run backwards
+            span = config.register_rollover
+            wrapped = frame.value + span - previous <= ROLLOVER_STEP * span
+            previous = np.where(wrapped, np.nan, previous)
         holds = (flow & (frame.value < -config.flow_tolerance)) | (
             volume & (frame.value < previous - config.volume_tolerance)
         )
