@@ -17,7 +17,9 @@ import numpy.typing as npt
 from cloud_consumer.replay_input import ReadingColumns
 from meterlink_wire.vocab import Channel, Unit
 
+MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
+"""One UTC clock hour in ms (epoch ms // HOUR_MS is the hour index)."""
 DAY_MS = 86_400_000
 
 POWER_TO_KW: dict[Unit, float] = {Unit.W: 1e-3, Unit.KW: 1.0, Unit.MW: 1e3}

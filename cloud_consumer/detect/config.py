@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloud_consumer.analytics import DAY_MS, HOUR_MS, MINUTE_MS
 from cloud_consumer.detect.base import Detector
 from cloud_consumer.detect.engine import Engine
 from cloud_consumer.detect.neighbourhood import NeighbourhoodConfig
@@ -35,7 +36,7 @@ from meterlink_config import TomlReader
 from meterlink_wire.errors import WireError
 from meterlink_wire.vocab import Channel
 
-_TIME_UNITS_MS = {"ms": 1, "s": 1_000, "min": 60_000, "h": 3_600_000, "days": 86_400_000}
+_TIME_UNITS_MS = {"ms": 1, "s": 1_000, "min": MINUTE_MS, "h": HOUR_MS, "days": DAY_MS}
 
 
 @dataclass(frozen=True)

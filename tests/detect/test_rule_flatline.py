@@ -7,13 +7,12 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from cloud_consumer.analytics import DAY_MS, HOUR_MS
 from cloud_consumer.detect.base import Detector, pack_sections
 from cloud_consumer.detect.engine import Engine
 from cloud_consumer.detect.episodes import Alert
 from cloud_consumer.detect.rules import DETECTORS
 from cloud_consumer.detect.rules.flatline import (
-    DAY_MS,
-    HOUR_MS,
     LowVarianceConfig,
     LowVarianceDetector,
     StuckValueConfig,

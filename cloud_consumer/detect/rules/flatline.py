@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cloud_consumer.analytics import DAY_MS, HOUR_MS
 from cloud_consumer.detect.base import (
     Frame,
     PerFrame,
@@ -45,9 +46,6 @@ from cloud_consumer.detect.state import (
     grown_size,
 )
 from meterlink_wire.vocab import Channel
-
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
 
 _UNKNOWN, _VACANT, _OCCUPIED = 0, 1, 2
 

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from cloud_consumer.analytics import HOUR_MS
 from cloud_consumer.detect.base import Frame, RuleKind, Scores, constant
 from cloud_consumer.detect.episodes import Severity
 from cloud_consumer.detect.state import FloatArray, IntArray, SeriesTable
-
-HOUR_MS = 3_600_000
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from cloud_consumer.analytics import HOUR_MS, MINUTE_MS
 from cloud_consumer.detect.base import (
     Frame,
     PerFrame,
@@ -37,10 +38,6 @@ from cloud_consumer.detect.base import (
 from cloud_consumer.detect.episodes import Severity
 from cloud_consumer.detect.state import BoolArray, FloatArray, IntArray, SeriesTable, SnapshotError
 from meterlink_wire.vocab import Channel
-
-HOUR_MS = 3_600_000
-"""One UTC clock hour in ms (epoch ms // HOUR_MS is the hour index)."""
-MINUTE_MS = 60_000
 
 _FLOW = int(Channel.FLOW)
 _VOLUME = int(Channel.VOLUME)
