@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import numpy as np
 import numpy.typing as npt
 
+from cloud_consumer.detect.state import run_ranks, run_starts
 from cloud_consumer.replay_input import ReadingColumns
 from meterlink_wire.vocab import Channel, Unit
 
@@ -146,10 +147,7 @@ def _groups(
         )
         order = np.argsort(key, kind="stable")
         key = key[order]
-        change = np.empty(len(key), dtype=np.bool_)
-        change[0] = True
-        np.not_equal(key[1:], key[:-1], out=change[1:])
-        return change, order
+        return run_starts(key), order
     order = np.lexsort((hour, unit, channel, meter))
     meter, channel, unit, hour = meter[order], channel[order], unit[order], hour[order]
     change = np.empty(len(meter), dtype=np.bool_)
@@ -280,12 +278,7 @@ def fleet_peak_hours(
     days = hours // DAY_MS
     order = np.lexsort((hours, -totals, days))
     hours, totals, days = hours[order], totals[order], days[order]
-    first = np.empty(len(days), dtype=np.bool_)
-    first[0] = True
-    first[1:] = days[1:] != days[:-1]
-    starts = np.flatnonzero(first)
-    rank = np.arange(len(days)) - starts[np.cumsum(first) - 1]
-    keep = rank < top
+    keep = run_ranks(run_starts(days)) < top
     result: dict[str, list[tuple[int, float]]] = {}
     for day, hour, total in zip(
         days[keep].tolist(), hours[keep].tolist(), totals[keep].tolist(), strict=True

@@ -46,6 +46,8 @@ from cloud_consumer.detect.state import (
     IntArray,
     SeriesTable,
     SnapshotError,
+    run_ranks,
+    run_starts,
     seal,
     series_order,
     unseal,
@@ -125,14 +127,10 @@ def _alert_order(alert: Alert) -> tuple[int, str, int, str, bool]:
 
 def _rounds(rows: IntArray) -> list[IntArray]:
     """Positions of ``(row, ts)``-sorted readings grouped by rank within their series."""
-    n = rows.size
-    first = np.empty(n, dtype=np.bool_)
-    first[0] = True
-    np.not_equal(rows[1:], rows[:-1], out=first[1:])
-    starts = np.flatnonzero(first)
-    if starts.size == n:
-        return [np.arange(n, dtype=np.int64)]
-    rank = np.arange(n) - starts[np.cumsum(first) - 1]
+    first = run_starts(rows)
+    if first.all():
+        return [np.arange(rows.size, dtype=np.int64)]
+    rank = run_ranks(first)
     by_rank = np.argsort(rank, kind="stable").astype(np.int64)
     bounds = np.cumsum(np.bincount(rank))[:-1]
     return list(np.split(by_rank, bounds))

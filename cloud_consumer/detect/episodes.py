@@ -31,6 +31,7 @@ from cloud_consumer.detect.state import (
     SeriesKey,
     SnapshotError,
     grown_size,
+    run_starts,
     series_order,
     untrusted,
 )
@@ -203,9 +204,7 @@ class EpisodeTracker:
             return EpisodeChanges([], [])
         row, hold, at = row[order], hold[order], at[order]
         n = row.size
-        first = np.empty(n, dtype=np.bool_)
-        first[0] = True
-        np.not_equal(row[1:], row[:-1], out=first[1:])
+        first = run_starts(row)
         previous = np.empty(n, dtype=np.bool_)
         previous[1:] = hold[:-1]
         previous[first] = self._active[row[first]]

@@ -406,9 +406,7 @@ class SeriesTable:
         if n > 1:
             order = series_order(row, ts)
             row, ts, value = row[order], ts[order], value[order]
-        first = np.empty(n, dtype=np.bool_)
-        first[0] = True
-        np.not_equal(row[1:], row[:-1], out=first[1:])
+        first = run_starts(row)
         starts = np.flatnonzero(first)
         unique = row[starts]
         newest = np.append(starts[1:], n) - 1
@@ -426,7 +424,7 @@ class SeriesTable:
         else:
             sizes = np.diff(np.append(starts, n))
             group = np.cumsum(first) - 1
-            rank = np.arange(n) - starts[group]
+            rank = run_ranks(first)
             slot = (before[group] + rank) % width
             target = row * width + slot
             if sizes.max() > width:  # keep only the newest `window` readings of each series
@@ -640,6 +638,21 @@ class SeriesTable:
             prior = twice * window + (seen[twice] - 2) % window
             table._prior_ts[twice] = table._ts.reshape(-1)[prior]
         return table
+
+
+def run_starts(keys: npt.NDArray[Any]) -> BoolArray:
+    """Where each run of equal adjacent keys begins (keys grouped, e.g. by series)."""
+    first = np.empty(keys.size, dtype=np.bool_)
+    first[:1] = True
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    return first
+
+
+def run_ranks(first: BoolArray) -> IntArray:
+    """Each element's position within its run (0 where ``first``, see :func:`run_starts`)."""
+    starts = np.flatnonzero(first)
+    rank: IntArray = np.arange(first.size) - starts[np.cumsum(first) - 1]
+    return rank
 
 
 _DISTINCT_SPAN = 1 << 26
