@@ -32,6 +32,7 @@ from meterlink_wire.errors import Reason, WireError, show
 from meterlink_wire.vocab import (
     CHANNEL_NAMES,
     UNIT_NAMES,
+    DictionaryCache,
     channel_codes,
     unit_codes,
     validate_dictionary,
@@ -381,10 +382,10 @@ def _names(document: dict[str, Any], key: str) -> list[str]:
     return names
 
 
-_KNOWN_CODES: dict[tuple[str, tuple[str, ...]], npt.NDArray[np.uint8]] = {}
-"""Channel and unit dictionaries already checked, with their (read-only) code tables: every
-message of a gateway repeats the same few, so each is checked once."""
-_KNOWN_CODES_MAX = 1_024
+_KNOWN_CODES = {
+    key: DictionaryCache[npt.NDArray[np.uint8]](max_ids=4_096) for key in ("channels", "units")
+}
+"""Channel and unit dictionaries already checked, with their (read-only) code tables."""
 
 
 def _codes(
@@ -392,21 +393,20 @@ def _codes(
 ) -> npt.NDArray[np.uint8]:
     if len(names) > 255:  # uint8 codes: a longer list must repeat or invent names; skip the loop
         raise WireError(Reason.BAD_VALUE, f"{key} has {len(names)} entries")
+    cache = _KNOWN_CODES[key]
+    values = tuple(names)
     try:
-        cache_key = (key, tuple(names))
-        known = _KNOWN_CODES.get(cache_key)
+        known, hashable = cache.get(values), True
     except TypeError:  # unhashable entries: the lookup below names them
-        known = cache_key = None
+        known, hashable = None, False
     if known is not None:
         return known
     codes: npt.NDArray[np.uint8] = lookup(names)
     if len(set(codes.tolist())) != len(codes):
         raise WireError(Reason.BAD_VALUE, f"{key} has duplicate entries")
-    if cache_key is not None:
-        if len(_KNOWN_CODES) >= _KNOWN_CODES_MAX:
-            _KNOWN_CODES.clear()
+    if hashable:
         codes.setflags(write=False)
-        _KNOWN_CODES[cache_key] = codes
+        cache.put(values, codes)
     return codes
 
 

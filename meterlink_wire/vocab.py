@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from enum import IntEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -198,33 +198,50 @@ def validate_event_reason(value: object) -> str:
     return _checked(value, _EVENT_REASON, "event reason", Reason.BAD_VALUE)
 
 
-class KnownDictionaries:
-    """Meter dictionaries already validated, each kept as one canonical tuple.
+_V = TypeVar("_V")
 
-    A gateway resends the same meter dictionary every window, so validating it again (a regex
-    over every id and a set for duplicates) is wasted work; a lookup costs one hash per id.
-    Returning the *same* tuple object each time also lets consumers cache per dictionary by
-    identity (the detection table maps a known dictionary to its rows with no lookup per meter).
-    Bounded by the number of ids held: past ``max_ids`` the cache starts over.
+
+class DictionaryCache(Generic[_V]):
+    """What checking a message dictionary (a tuple of names) gave, for dictionaries seen before.
+
+    A gateway resends the same dictionaries every window, so checking them again is wasted
+    work; a lookup costs one hash per name. Bounded by the number of names held: past
+    ``max_ids`` the cache starts over.
     """
 
-    def __init__(self, max_ids: int = 2_000_000) -> None:
+    def __init__(self, max_ids: int) -> None:
         self.max_ids = max_ids
-        self._known: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._known: dict[tuple[str, ...], _V] = {}
         self._ids = 0
 
-    def get(self, values: tuple[str, ...]) -> tuple[str, ...] | None:
-        """The canonical tuple equal to ``values`` if it was validated before."""
+    def get(self, values: tuple[str, ...]) -> _V | None:
+        """What checking ``values`` gave, if it was checked before."""
         return self._known.get(values)
 
-    def add(self, values: tuple[str, ...]) -> tuple[str, ...]:
-        """Remember a validated dictionary; return its canonical tuple."""
+    def put(self, values: tuple[str, ...], result: _V) -> _V:
+        """Remember what checking ``values`` gave; return it."""
         if self._ids + len(values) > self.max_ids:
             self._known.clear()
             self._ids = 0
-        self._known[values] = values
+        self._known[values] = result
         self._ids += len(values)
-        return values
+        return result
+
+
+class KnownDictionaries(DictionaryCache[tuple[str, ...]]):
+    """Meter dictionaries already validated, each kept as one canonical tuple.
+
+    Validating a meter dictionary is a regex over every id and a set for duplicates. Returning
+    the *same* tuple object each time also lets consumers cache per dictionary by identity (the
+    detection table maps a known dictionary to its rows with no lookup per meter).
+    """
+
+    def __init__(self, max_ids: int = 2_000_000) -> None:
+        super().__init__(max_ids)
+
+    def add(self, values: tuple[str, ...]) -> tuple[str, ...]:
+        """Remember a validated dictionary; return its canonical tuple."""
+        return self.put(values, values)
 
 
 METER_DICTIONARIES = KnownDictionaries()
