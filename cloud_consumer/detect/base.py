@@ -90,7 +90,9 @@ class PerFrame(Generic[_T]):
 
     The engine scores a frame, then lets the rule learn the same frame object; the memo
     recognises it by identity (it holds the frame, so the id cannot be reused meanwhile).
-    ``learn`` takes the value out: the rule's state changes right after.
+    ``learn`` takes the value out: the rule's state changes right after. A rule either computes
+    the value where first needed (:meth:`get`, :meth:`take`) or has ``score`` leave it for
+    ``learn`` (:meth:`put`, :meth:`pop`).
     """
 
     def __init__(self) -> None:
@@ -106,6 +108,16 @@ class PerFrame(Generic[_T]):
     def take(self, frame: Frame, compute: Callable[[], _T]) -> _T:
         """As :meth:`get`, and forget it."""
         value = self.get(frame, compute)
+        self.clear()
+        return value
+
+    def put(self, frame: Frame, value: _T) -> None:
+        """Hold ``value`` for ``frame`` (replacing what was held)."""
+        self._frame, self._value = frame, value
+
+    def pop(self, frame: Frame) -> _T | None:
+        """The value held for ``frame`` (None if none, or held for another frame); forget it."""
+        value = self._value if self._frame is frame else None
         self.clear()
         return value
 

@@ -35,6 +35,17 @@ def test_per_frame_computes_once_per_frame_and_take_forgets() -> None:
     assert calls == [1, 4, 5, 6]
 
 
+def test_per_frame_put_and_pop_hand_a_value_from_score_to_learn() -> None:
+    memo: PerFrame[str] = PerFrame()
+    first, second = frame(1), frame(1)
+    memo.put(first, "baselines")
+    assert memo.pop(second) is None  # held for another frame: not handed over, and forgotten
+    assert memo.pop(first) is None
+    memo.put(first, "baselines")
+    assert memo.pop(first) == "baselines"
+    assert memo.pop(first) is None  # popped once
+
+
 def test_constant_is_a_read_only_column_of_the_threshold() -> None:
     column = constant(3.5, 4)
     assert column.tolist() == [3.5] * 4

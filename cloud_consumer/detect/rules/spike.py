@@ -15,6 +15,7 @@ import numpy as np
 
 from cloud_consumer.detect.base import (
     Frame,
+    PerFrame,
     RowValues,
     RuleKind,
     Scores,
@@ -148,7 +149,7 @@ class RobustZDetector:
         self._median = RowValues(np.float64)
         self._mad = RowValues(np.float64)
         self._as_of = RowValues(np.int64)  # readings seen when computed; 0: never
-        self._fresh: tuple[Frame, IntArray, FloatArray, FloatArray] | None = None
+        self._fresh: PerFrame[tuple[IntArray, FloatArray, FloatArray]] = PerFrame()
 
     def score(self, frame: Frame, table: SeriesTable) -> Scores:
         config = self.config
@@ -171,7 +172,7 @@ class RobustZDetector:
                 centre, spread = median_and_mad(table.window_values(frame.rows[due]))
                 median[due] = centre
                 mad[due] = spread
-            self._fresh = (frame, due, median[due], mad[due])
+            self._fresh.put(frame, (due, median[due], mad[due]))
         else:
             # The table's time window ends at the series' newest point; judge a reading against
             # the points within the horizon of the reading itself (a gap empties the window).
@@ -200,10 +201,10 @@ class RobustZDetector:
 
     def learn(self, frame: Frame, table: SeriesTable) -> None:
         """Keep the baselines :meth:`score` recomputed for this frame."""
-        fresh, self._fresh = self._fresh, None
-        if fresh is None or fresh[0] is not frame or not fresh[1].size:
+        fresh = self._fresh.pop(frame)
+        if fresh is None or not fresh[0].size:
             return
-        _, judged, median, mad = fresh
+        judged, median, mad = fresh
         rows = frame.rows[judged]
         self._median.set(rows, median)
         self._mad.set(rows, mad)
@@ -220,4 +221,4 @@ class RobustZDetector:
         for values, part in zip((median, mad, as_of), parts, strict=True):
             values.restore(part)
         self._median, self._mad, self._as_of = median, mad, as_of
-        self._fresh = None
+        self._fresh.clear()
