@@ -90,6 +90,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from cloud_consumer.analytics import DAY_MS, HOUR_MS, MINUTE_MS
 from cloud_consumer.detect import quality as quality_module
 from cloud_consumer.detect.config import DetectSettings
 from cloud_consumer.detect.engine import Detection, Engine
@@ -102,9 +103,6 @@ from meterlink_wire import Channel, Kind, ReadingBatch, Unit, decode, encode
 from meterlink_wire.codec import DEFAULT_MAX_BYTES
 
 T0 = 1_764_201_600_000  # 2025-11-27T00:00:00Z: a day boundary
-MINUTE_MS = 60_000
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
 CADENCE_MS = MINUTE_MS
 LATENCY_MS = 5_000  # processed 5 s after the window closes
 GATEWAY_METERS = 1_000  # rows per wire message
