@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from meterlink_wire import simd
 from meterlink_wire.batch import (
     MAX_SEQUENCE,
     MAX_TIMESTAMP_MS,
@@ -260,15 +261,15 @@ def is_compressed(data: bytes) -> bool:
     return len(data) >= 2 and data[0] == 0x78 and (data[0] * 256 + data[1]) % 31 == 0
 
 
-def load_document(
+def load_text(
     data: bytes,
     *,
     max_bytes: int = IOT_CORE_MAX_BYTES,
     max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
-) -> tuple[bytes, dict[str, Any]]:
-    """Turn untrusted bytes into ``(json_text, object)``, inflating zlib if present.
+) -> bytes:
+    """Check untrusted bytes' type and size and inflate zlib if present: the JSON text.
 
-    Shared by :func:`decode` and status decoding; raises only WireError.
+    Raises only WireError (ValueError for a bad cap).
     """
     check_cap(max_bytes)
     if type(max_inflated_bytes) is not int or max_inflated_bytes < 1:
@@ -284,6 +285,11 @@ def load_document(
     text = _inflate(data, max_inflated_bytes) if is_compressed(data) else data
     if not text:
         raise WireError(Reason.EMPTY, "zlib stream holds no bytes")
+    return text
+
+
+def parse_document(text: bytes) -> dict[str, Any]:
+    """Parse JSON text with orjson into its top-level object; raises only WireError."""
     try:
         document = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -295,7 +301,21 @@ def load_document(
         raise WireError(Reason.NOT_JSON, message) from exc
     if not isinstance(document, dict):
         raise WireError(Reason.NOT_OBJECT, f"top level is {type(document).__name__}")
-    return text, document
+    return document
+
+
+def load_document(
+    data: bytes,
+    *,
+    max_bytes: int = IOT_CORE_MAX_BYTES,
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
+) -> tuple[bytes, dict[str, Any]]:
+    """Turn untrusted bytes into ``(json_text, object)``, inflating zlib if present.
+
+    Shared by :func:`decode` and status decoding; raises only WireError.
+    """
+    text = load_text(data, max_bytes=max_bytes, max_inflated_bytes=max_inflated_bytes)
+    return text, parse_document(text)
 
 
 def field(document: dict[str, Any], key: str, where: str = "") -> object:
@@ -422,20 +442,96 @@ def decode(
     carries ``gateway_id`` and ``sequence``. Unknown top-level keys and row columns are ignored;
     the optional ``rows.delta`` column is read (and checked) when present.
     Caps above IOT_CORE_MAX_BYTES are a ValueError (no valid message is larger).
+
+    simdjson reads a well-formed message's columns straight into arrays (:mod:`.simd`). What it
+    declines, and every message that fails a check, goes through the exact orjson path, which
+    alone decides what is wrong: both paths accept the same bytes and give the same batch.
     """
-    text, document = load_document(data, max_bytes=max_bytes, max_inflated_bytes=max_inflated_bytes)
+    text = load_text(data, max_bytes=max_bytes, max_inflated_bytes=max_inflated_bytes)
+    parsed = simd.parse(text)
+    if parsed is not None:
+        try:
+            return _decode_document(parsed.document, _Buffers(parsed.columns))
+        except WireError:
+            pass  # the exact path names the problem
+    return decode_exact(text)
+
+
+def decode_exact(text: bytes) -> ReadingBatch:
+    """Decode JSON text with orjson alone (the reference the fast path is held to)."""
+    return _decode_document(parse_document(text), _Lists(text))
+
+
+class _Lists:
+    """Row columns as orjson lists, packed only as the decoder reads them.
+
+    Reading them in the decoder's order keeps which error a message with several gets.
+    """
+
+    def __init__(self, text: bytes) -> None:
+        self.text = text
+        self.lists: dict[str, list[Any]] = {}
+        self.bools = False
+
+    def select(self, document: dict[str, Any], columns: tuple[str, ...]) -> dict[str, list[Any]]:
+        rows = field(document, "rows")
+        if not isinstance(rows, dict):
+            raise WireError(Reason.BAD_TYPE, f"rows must be an object, got {show(rows)}")
+        names = (*columns, "delta") if "delta" in rows else columns  # delta: optional in v1
+        for name in names:
+            values = field(rows, name, "rows.")
+            if not isinstance(values, list):
+                raise WireError(Reason.BAD_TYPE, f"rows.{name} must be a list, got {show(values)}")
+            self.lists[name] = values
+        self.bools = _may_hold_bools(self.text)
+        return self.lists
+
+    def ints(self, name: str, out_of_range: Reason) -> npt.NDArray[np.int64]:
+        return _ints(self.lists[name], name, self.bools, out_of_range)
+
+    def floats(self, name: str) -> npt.NDArray[np.float64]:
+        return _floats(self.lists[name], name, self.bools)
+
+
+class _Buffers:
+    """Row columns simdjson already read into int64/float64 arrays."""
+
+    def __init__(self, columns: dict[str, npt.NDArray[Any]]) -> None:
+        self.columns = columns
+
+    def select(
+        self, document: dict[str, Any], columns: tuple[str, ...]
+    ) -> dict[str, npt.NDArray[Any]]:
+        names = (*columns, "delta") if "delta" in self.columns else columns
+        try:
+            return {name: self.columns[name] for name in names}
+        except KeyError as exc:
+            raise WireError(Reason.MISSING_FIELD, f"rows.{exc.args[0]} is missing") from None
+
+    def ints(self, name: str, out_of_range: Reason) -> npt.NDArray[np.int64]:
+        return self.columns[name]
+
+    def floats(self, name: str) -> npt.NDArray[np.float64]:
+        return self.columns[name]
+
+
+def _decode_document(document: dict[str, Any], rows: _Lists | _Buffers) -> ReadingBatch:
     kind = Kind(check_envelope(document, (Kind.TELEMETRY.value, Kind.EVENTS.value)))
     gateway_id = validate_gateway_id(field(document, "gateway"))
     sequence = check_int(field(document, "seq"), "seq", MAX_SEQUENCE, Reason.BAD_SEQUENCE)
     try:
-        return _decode_body(text, document, kind, gateway_id, sequence)
+        return _decode_body(document, rows, kind, gateway_id, sequence)
     except WireError as exc:
         exc.gateway_id, exc.sequence = gateway_id, sequence
         raise
 
 
 def _decode_body(
-    text: bytes, document: dict[str, Any], kind: Kind, gateway_id: str, sequence: int
+    document: dict[str, Any],
+    rows: _Lists | _Buffers,
+    kind: Kind,
+    gateway_id: str,
+    sequence: int,
 ) -> ReadingBatch:
     sent_ms = check_int(
         field(document, "sent_ms"), "sent_ms", MAX_TIMESTAMP_MS, Reason.BAD_TIMESTAMP
@@ -452,45 +548,31 @@ def _decode_body(
         reasons = validate_dictionary(field(document, "reasons"), "reasons", Reason.BAD_VALUE)
         columns = (*_ROW_COLUMNS, "reason")
 
-    rows = field(document, "rows")
-    if not isinstance(rows, dict):
-        raise WireError(Reason.BAD_TYPE, f"rows must be an object, got {show(rows)}")
-    lists: dict[str, list[Any]] = {}
-    for name in columns:
-        values = field(rows, name, "rows.")
-        if not isinstance(values, list):
-            raise WireError(Reason.BAD_TYPE, f"rows.{name} must be a list, got {show(values)}")
-        lists[name] = values
-    if "delta" in rows:  # optional column (additive in v1)
-        values = rows["delta"]
-        if not isinstance(values, list):
-            raise WireError(Reason.BAD_TYPE, f"rows.delta must be a list, got {show(values)}")
-        lists["delta"] = values
-    expected = len(lists["meter"])
-    for name, values in lists.items():
+    selected = rows.select(document, columns)
+    expected = len(selected["meter"])
+    for name, values in selected.items():
         if len(values) != expected:
             raise WireError(
                 Reason.COLUMN_LENGTH, f"rows.{name} has {len(values)} values, expected {expected}"
             )
 
-    bools = _may_hold_bools(text)
-    meter = _ints(lists["meter"], "meter", bools, Reason.BAD_INDEX)
-    channel = _ints(lists["channel"], "channel", bools, Reason.BAD_INDEX)
-    unit = _ints(lists["unit"], "unit", bools, Reason.BAD_INDEX)
+    meter = rows.ints("meter", Reason.BAD_INDEX)
+    channel = rows.ints("channel", Reason.BAD_INDEX)
+    unit = rows.ints("unit", Reason.BAD_INDEX)
     _indices(meter, "meter", len(meters))
     _indices(channel, "channel", len(channel_lookup))
     _indices(unit, "unit", len(unit_lookup))
     reason = None
     if kind is Kind.EVENTS:
-        reason = _ints(lists["reason"], "reason", bools, Reason.BAD_INDEX)
+        reason = rows.ints("reason", Reason.BAD_INDEX)
         _indices(reason, "reason", len(reasons))
-    start_ms = _ints(lists["start_ms"], "start_ms", bools, Reason.BAD_TIMESTAMP)
-    count = _ints(lists["count"], "count", bools, Reason.BAD_VALUE)
-    min_ = _floats(lists["min"], "min", bools)
-    max_ = _floats(lists["max"], "max", bools)
-    mean = _floats(lists["mean"], "mean", bools)
-    last = _floats(lists["last"], "last", bools)
-    delta = _floats(lists["delta"], "delta", bools) if "delta" in lists else None
+    start_ms = rows.ints("start_ms", Reason.BAD_TIMESTAMP)
+    count = rows.ints("count", Reason.BAD_VALUE)
+    min_ = rows.floats("min")
+    max_ = rows.floats("max")
+    mean = rows.floats("mean")
+    last = rows.floats("last")
+    delta = rows.floats("delta") if "delta" in selected else None
     check_values(
         window_s,
         start_ms=start_ms,

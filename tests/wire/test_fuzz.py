@@ -27,6 +27,7 @@ from meterlink_wire import (
     encode_status,
     parse_topic,
 )
+from meterlink_wire.codec import decode_exact, load_text
 
 SEED = 20_251_127
 ROUNDS = 100_000
@@ -258,6 +259,14 @@ def check(decoder: Any, data: bytes, reasons: Counter[str], failures: list[str])
     return result
 
 
+def exact_outcome(data: bytes) -> tuple[Any, ...]:
+    """What the exact (orjson-only) path makes of a payload."""
+    try:
+        return ("batch", decode_exact(load_text(data)))
+    except WireError as exc:
+        return ("error", exc.reason, exc.detail)
+
+
 def test_decoders_raise_only_wire_error():
     rng = random.Random(SEED)
     valid = seeds()
@@ -267,6 +276,14 @@ def test_decoders_raise_only_wire_error():
     for data in payloads(rng, valid):
         total += 1
         batch = check(decode, data, reasons, failures)
+        # The simdjson fast path and the exact orjson path must agree on every payload.
+        exact = exact_outcome(data)
+        if batch is None:
+            same = exact[0] == "error"
+        else:
+            same = exact[0] == "batch" and batch.equals(exact[1])
+        if not same:
+            failures.append(f"fast and exact paths differ ({exact[:3]}) for {data[:300]!r}")
         # Whatever decodes must re-encode to an equal batch and must have held only numbers of
         # the right kind: the decoder accepts nothing the encoder could not have produced.
         if batch is not None and (not decode(encode(batch)).equals(batch) or not well_typed(data)):
