@@ -3,10 +3,11 @@
 The file streams through in chunks (:mod:`cloud_consumer.replay_input`), each chunk goes through
 the same :class:`~cloud_consumer.detect.engine.Engine` the consumer runs (validation, every
 enabled rule, quality scores), and every alert event is written to a JSON-lines file as it
-happens. Each series must appear in time order (a file sorted by time, or by meter then time);
-a reading older than its series' newest is rejected as backdated and counted, like a duplicate.
-A file sorted by meter replays more slowly than one sorted by time: the engine steps once per
-reading of the busiest series in a chunk.
+happens. Readings go to the engine in time order whatever the file's order (by time, by meter
+then time, or none): :mod:`cloud_consumer.replay_order` sorts them in bounded memory, spilling
+sorted runs to a temporary directory, and keeps the file's order among equal timestamps. With
+``order="file"`` chunks go to the engine as they are read; a reading older than its series'
+newest is then rejected as backdated and counted, like a duplicate.
 
 Nothing read is lost without a count: ``rows read = accepted + rejected``, and malformed rows
 are listed with their line numbers (:class:`ReplaySummary`). The neighbourhood check, when groups
@@ -40,6 +41,7 @@ from cloud_consumer.replay_input import (
     read_jsonl,
     read_wire,
 )
+from cloud_consumer.replay_order import in_time_order
 from meterlink_wire.vocab import Channel
 
 Reader = Callable[..., Iterator[tuple[ReadingColumns, list[RowError]]]]
@@ -47,6 +49,8 @@ READERS: dict[str, Reader] = {"csv": read_csv, "jsonl": read_jsonl, "wire": read
 """Input format name -> streaming reader."""
 SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".wire": "wire", ".bin": "wire"}
 """File suffix -> format, when ``--format`` is not given."""
+ORDERS = ("time", "file")
+"""How readings reach the engine: sorted by time (the default), or in file order."""
 MAX_ERRORS_KEPT = 1_000
 """Malformed rows kept for the summary (all are counted)."""
 
@@ -145,9 +149,25 @@ class Replay:
         self._hourly = HourlyAggregates.empty()
         self._newest = -1
 
-    def run(self, path: Path, fmt: str, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> ReplaySummary:
-        """Replay the whole file; return the summary (also kept in :attr:`summary`)."""
-        for columns, errors in READERS[fmt](path, chunk_rows=chunk_rows):
+    def run(
+        self,
+        path: Path,
+        fmt: str,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        order: str = "time",
+        spill_dir: Path | None = None,
+    ) -> ReplaySummary:
+        """Replay the whole file; return the summary (also kept in :attr:`summary`).
+
+        ``order`` is ``time`` (sort the readings, spilling to ``spill_dir`` or the system's
+        temporary directory) or ``file`` (as read).
+        """
+        if order not in ORDERS:
+            raise ValueError(f"unknown order {order!r}; orders: {', '.join(ORDERS)}")
+        chunks = READERS[fmt](path, chunk_rows=chunk_rows)
+        if order == "time":
+            chunks = in_time_order(chunks, chunk_rows, spill_dir)
+        for columns, errors in chunks:
             self._errors(errors)
             if len(columns):
                 self.chunk(columns)

@@ -243,3 +243,57 @@ def test_example_config_states_the_defaults() -> None:
     """config/cloud-consumer.toml spells out the defaults: loading it changes nothing."""
     settings = load_detect(TomlReader(EXAMPLES.parent / "config" / "cloud-consumer.toml"))
     assert settings == DetectSettings()
+
+
+def test_a_file_sorted_by_meter_gives_the_planted_episodes(
+    planted: tuple[Path, list[dict[str, object]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data, expected = planted
+    header, *lines = data.read_text().splitlines()
+    by_meter = tmp_path / "by-meter.csv"
+    # meter, then time (ISO timestamps sort as text); the sort is stable
+    by_meter.write_text("\n".join([header, *sorted(lines, key=lambda x: x.split(",")[1])]) + "\n")
+    outputs = []
+    for path, order in ((data, "time"), (by_meter, "time"), (by_meter, "file")):
+        output = tmp_path / f"alerts-{len(outputs)}.jsonl"
+        code, out, err = run(
+            capsys, "--input", str(path), "--output", str(output),
+            "--chunk-rows", "97", "--order", order, "--spill-dir", str(tmp_path),
+        )  # fmt: skip
+        assert (code, err) == (0, ""), order
+        assert by_opening(printed_episodes(out)) == by_opening(expected), (path, order)
+        outputs.append(sorted(output.read_bytes().splitlines()))
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "alerts-0.jsonl",
+        "alerts-1.jsonl",
+        "alerts-2.jsonl",
+        "by-meter.csv",
+    ]  # no spill left behind
+
+
+def test_time_order_accepts_readings_that_file_order_rejects_as_backdated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "late.csv"
+    data.write_text(
+        "timestamp,meter_id,value,unit\n"
+        "2026-01-05T00:30:00Z,m1,1.0,kW\n"
+        "2026-01-05T00:45:00Z,m1,1.1,kW\n"
+        "2026-01-05T00:00:00Z,m1,0.9,kW\n"  # a late file: the first readings come last
+        "2026-01-05T00:15:00Z,m1,0.8,kW\n"
+    )
+    found = {}
+    for order in ("time", "file"):
+        code, out, err = run(
+            capsys, "--input", str(data), "--output", str(tmp_path / "a.jsonl"),
+            "--chunk-rows", "2", "--order", order,
+        )  # fmt: skip
+        assert (code, err) == (0, "")
+        found[order] = out.splitlines()[1].strip()
+    assert found == {
+        "time": "accepted 4, rejected 0",
+        "file": "accepted 2, rejected 2 (backdated 2)",
+    }
