@@ -16,6 +16,8 @@ without worrying about repeated rows.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
@@ -288,6 +290,16 @@ def unpack_sections(data: bytes, count: int) -> list[bytes]:
 
 
 def constant(value: float, size: int) -> FloatArray:
-    """A threshold as a per-reading evidence column: a read-only view, nothing allocated."""
+    """A threshold as a per-reading evidence column: a read-only view, nothing allocated.
+
+    The views are cached: rules ask for the same few thresholds at the same batch sizes on every
+    step, and numpy takes microseconds to build a view where a cache hit takes a dict lookup.
+    """
+    # The sign is part of the key: -0.0 == 0.0, so they would share an entry otherwise.
+    return _constant(float(value), math.copysign(1.0, value), size)
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(value: float, sign: float, size: int) -> FloatArray:
     column: FloatArray = np.broadcast_to(np.float64(value), (size,))
     return column

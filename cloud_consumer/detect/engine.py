@@ -73,8 +73,10 @@ class _Collected:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.holds: BoolArray = np.zeros(size, dtype=np.bool_)
-        self.score: FloatArray = np.full(size, np.nan)
+        # Sized by the first of several rounds: the usual batch's only round hands its arrays
+        # over whole, so allocating them here would be wasted.
+        self.holds: BoolArray = np.zeros(0, dtype=np.bool_)
+        self.score: FloatArray = np.zeros(0)
         self.evidence: dict[str, FloatArray] = {}
         self.since: IntArray | None = None
 
@@ -83,6 +85,9 @@ class _Collected:
             self.holds, self.score, self.since = scores.holds, scores.score, scores.since_ms
             self.evidence = dict(scores.evidence)
             return
+        if self.holds.size != self.size:
+            self.holds = np.zeros(self.size, dtype=np.bool_)
+            self.score = np.full(self.size, np.nan)
         self.holds[index] = scores.holds
         self.score[index] = scores.score
         for name, values in scores.evidence.items():

@@ -27,6 +27,7 @@ import orjson
 
 from cloud_consumer.detect.state import (
     BoolArray,
+    FloatArray,
     IntArray,
     SeriesKey,
     SnapshotError,
@@ -95,6 +96,14 @@ class Alert:
     def episode_id(self) -> str:
         """The deterministic :func:`episode_id` (the alert's idempotency key)."""
         return episode_id(self.meter_id, self.channel, self.rule, self.opened_ms)
+
+
+def _gather(evidence: Mapping[str, npt.ArrayLike] | None, index: IntArray) -> dict[str, FloatArray]:
+    """Each evidence column at ``index``, as float64."""
+    return {
+        name: np.asarray(values, dtype=np.float64)[index]
+        for name, values in (evidence or {}).items()
+    }
 
 
 def evidence_from_json(value: object) -> dict[str, float] | None:
@@ -199,7 +208,9 @@ class EpisodeTracker:
         if row.min() < 0:
             raise ValueError("negative row index")
         self._grow(int(row.max()) + 1)
-        order = self._involved(row, hold, at, ordered or distinct, distinct)
+        if distinct:
+            return self._update_distinct(row, hold, at, keys, evidence)
+        order = self._involved(row, hold, at, ordered)
         if not order.size:
             return EpisodeChanges([], [])
         row, hold, at = row[order], hold[order], at[order]
@@ -223,31 +234,72 @@ class EpisodeTracker:
         changed = np.flatnonzero(opens | resolves)
         if not changed.size:
             return EpisodeChanges([], [])
-        proof = {
-            name: np.asarray(values, dtype=np.float64)[order[changed]]
-            for name, values in (evidence or {}).items()
-        }
-        changed_rows = row[changed]
-        series = keys.key_of(changed_rows)
+        return self._changes(
+            keys,
+            row[changed],
+            opens[changed],
+            opened_at=opened_at[changed],
+            at=at[changed],
+            proof=_gather(evidence, order[changed]),
+        )
+
+    def _update_distinct(
+        self,
+        row: IntArray,
+        hold: BoolArray,
+        at: IntArray,
+        keys: SeriesKeys,
+        evidence: Mapping[str, npt.ArrayLike] | None,
+    ) -> EpisodeChanges:
+        """:meth:`update` when no row repeats: each reading is its series' only one in the batch.
+
+        Then a reading changes its series exactly where ``holds`` differs from the stored state
+        (an opening or a resolution), and only those rows are written: three passes over the
+        batch instead of the general path's grouping (the engine's usual batch).
+        """
+        changed = np.flatnonzero(self._active[row] != hold)
+        if not changed.size:
+            return EpisodeChanges([], [])
+        rows, opens, when = row[changed], hold[changed], at[changed]
+        opened_at = np.where(opens, when, self._opened[rows])
+        self._active[rows] = opens
+        self._opened[rows] = np.where(opens, when, 0)
+        return self._changes(
+            keys, rows, opens, opened_at=opened_at, at=when, proof=_gather(evidence, changed)
+        )
+
+    def _changes(
+        self,
+        keys: SeriesKeys,
+        rows: IntArray,
+        opens: BoolArray,
+        *,
+        opened_at: IntArray,
+        at: IntArray,
+        proof: Mapping[str, FloatArray],
+    ) -> EpisodeChanges:
+        """Alerts of the transitions at the readings given (parallel arrays, in event order).
+
+        A reading either opens an episode (``opens``; ``proof`` becomes its evidence) or resolves
+        the series' open one at ``at``. Python per transition (rare), on plain Python values.
+        """
+        series = keys.key_of(rows)
+        columns = {name: values.tolist() for name, values in proof.items()}
         opened: list[Alert] = []
         resolved: list[Alert] = []
-        # Python per transition (rare), in (row, time) order.
-        for i, (index, row_id) in enumerate(
-            zip(changed.tolist(), changed_rows.tolist(), strict=True)
+        for i, (row_id, is_open, start, end) in enumerate(
+            zip(rows.tolist(), opens.tolist(), opened_at.tolist(), at.tolist(), strict=True)
         ):
-            start = int(opened_at[index])
-            if opens[index]:
-                found = {name: float(values[i]) for name, values in proof.items()}
+            if is_open:
+                found = {name: values[i] for name, values in columns.items()}
                 self._evidence[row_id] = found
                 opened.append(self._alert(series[i], start, None, found))
             else:
                 found = self._evidence.pop(row_id, {})
-                resolved.append(self._alert(series[i], start, int(at[index]), found))
+                resolved.append(self._alert(series[i], start, end, found))
         return EpisodeChanges(opened, resolved)
 
-    def _involved(
-        self, row: IntArray, hold: BoolArray, at: IntArray, ordered: bool, distinct: bool
-    ) -> IntArray:
+    def _involved(self, row: IntArray, hold: BoolArray, at: IntArray, ordered: bool) -> IntArray:
         """Positions of the readings that can change an episode, in ``(row, at)`` order.
 
         Only series with an open episode or a holding reading can change: the rest (usually
@@ -255,8 +307,6 @@ class EpisodeTracker:
         """
         involved = self._active[row]
         involved |= hold
-        if distinct:  # each involved reading is its whole series
-            return np.flatnonzero(involved)
         if not involved.any():
             return np.zeros(0, dtype=np.int64)
         mark = np.zeros(self._active.size, dtype=np.bool_)

@@ -50,10 +50,11 @@ _FLAG_PENALTY = _flag_penalties()
 
 def score(flags: FlagArray, rate_of_change: BoolArray, fault: BoolArray) -> QualityArray:
     """Quality of each reading from its validation flags and the rule categories that fired."""
-    penalty = _FLAG_PENALTY[flags]
-    penalty += np.where(rate_of_change, RATE_OF_CHANGE_PENALTY, 0).astype(np.int16)
-    penalty += np.where(fault, FAULT_PENALTY, 0).astype(np.int16)
-    quality: QualityArray = np.clip(100 - penalty, 0, 100).astype(np.uint8)  # rejections: 0
+    penalty = _FLAG_PENALTY[flags]  # a fresh int16 array: worked on in place from here
+    penalty += rate_of_change * np.int16(RATE_OF_CHANGE_PENALTY)
+    penalty += fault * np.int16(FAULT_PENALTY)
+    np.subtract(100, penalty, out=penalty)
+    quality: QualityArray = np.clip(penalty, 0, 100, out=penalty).astype(np.uint8)  # rejected: 0
     return quality
 
 

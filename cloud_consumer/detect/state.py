@@ -299,17 +299,19 @@ class SeriesTable:
         return rows
 
     def _lookup(self, chan: IntArray, codes: IntArray) -> IntArray:
-        """Row of each (channel, meter code) pair, -1 where there is none yet."""
-        first = int(chan[0])
-        if (chan == first).all():  # the usual batch: one channel
-            single: IntArray = self._channel_rows(first)[codes]
-            return single
-        result = np.empty(chan.size, dtype=np.int64)
-        present = np.zeros(256, dtype=np.bool_)
-        present[chan] = True
-        for code in np.flatnonzero(present).tolist():
-            where = np.flatnonzero(chan == code)
-            result[where] = self._channel_rows(code)[codes[where]]
+        """Row of each (channel, meter code) pair, -1 where there is none yet.
+
+        Every reading is looked up in its batch's most common channel's array, then the readings
+        of other channels (none, or few, in a usual batch) are corrected.
+        """
+        counts = np.bincount(chan)
+        common = int(counts.argmax())
+        result: IntArray = self._channel_rows(common)[codes]
+        if counts[common] < chan.size:
+            for code in np.flatnonzero(counts).tolist():
+                if code != common:
+                    where = np.flatnonzero(chan == code)
+                    result[where] = self._channel_rows(code)[codes[where]]
         return result
 
     def _dictionary_codes(

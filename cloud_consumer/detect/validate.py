@@ -174,6 +174,14 @@ class Standardised:
         return rejected
 
 
+def _mark(flags: FlagArray, where: BoolArray, flag: Flag) -> None:
+    """Set ``flag`` where ``where`` is True, in place, in one pass over the batch.
+
+    A boolean-index ``flags[where] |= flag`` would gather, or and scatter: three passes.
+    """
+    np.bitwise_or(flags, np.uint16(flag), out=flags, where=where)
+
+
 class Validator:
     """Flags and standardises readings; see the module docstring.
 
@@ -204,22 +212,23 @@ class Validator:
         n = value.size
         flags = np.zeros(n, dtype=np.uint16)
         finite = np.isfinite(value)
-        flags[~finite] |= np.uint16(Flag.NOT_FINITE)
-        flags[ts_ms < config.min_ts_ms] |= np.uint16(Flag.BAD_TIME)
+        _mark(flags, ~finite, Flag.NOT_FINITE)
+        _mark(flags, ts_ms < config.min_ts_ms, Flag.BAD_TIME)
         clock = int(time.time() * 1000) if now_ms is None else now_ms
-        flags[ts_ms > clock + config.max_future_ms] |= np.uint16(Flag.FUTURE)
+        _mark(flags, ts_ms > clock + config.max_future_ms, Flag.FUTURE)
         if now_ms is not None:
-            flags[ts_ms < now_ms - config.late_ms] |= np.uint16(Flag.LATE)
+            _mark(flags, ts_ms < now_ms - config.late_ms, Flag.LATE)
         if config.registry is not None:
             known = np.fromiter(
                 (m in config.registry for m in meter_ids), dtype=np.bool_, count=len(meter_ids)
             )
-            flags[~known[meter]] |= np.uint16(Flag.UNKNOWN_METER)
+            _mark(flags, ~known[meter], Flag.UNKNOWN_METER)
         # Units: a factor per (channel, unit); unit 0 is inferred.
         scale = _SCALE[channel, unit]
         given = unit != 0
-        flags[given & np.isnan(scale)] |= np.uint16(Flag.UNIT_MISMATCH)
-        flags[given & (scale != 1.0) & ~np.isnan(scale)] |= np.uint16(Flag.UNIT_CONVERTED)
+        mismatch = given & np.isnan(scale)  # the only NaN factors once unit 0 is inferred
+        _mark(flags, mismatch, Flag.UNIT_MISMATCH)
+        _mark(flags, given & (scale != 1.0) & ~mismatch, Flag.UNIT_CONVERTED)
         missing = ~given
         if missing.any():
             magnitude = np.abs(value)
@@ -227,16 +236,15 @@ class Validator:
             base_unit = inferred & (magnitude > 1000.0)
             scale = np.where(missing, 1.0, scale)
             scale[base_unit] = 1e-3
-            flags[missing] |= np.uint16(Flag.UNIT_INFERRED)
-            flags[inferred & (magnitude >= 10.0) & (magnitude <= 1000.0)] |= np.uint16(
-                Flag.UNIT_AMBIGUOUS
-            )
-        standard = value * np.where(np.isnan(scale), 1.0, scale)
+            _mark(flags, missing, Flag.UNIT_INFERRED)
+            ambiguous = inferred & (magnitude >= 10.0) & (magnitude <= 1000.0)
+            _mark(flags, ambiguous, Flag.UNIT_AMBIGUOUS)
+        standard = value * np.where(mismatch, 1.0, scale)
         # Limits judge only finite values in a unit of their channel (230 V on a power channel
         # is a unit mismatch, not 230 kW above the maximum).
-        judged = finite & ~np.isnan(scale)
-        flags[judged & (standard < 0) & self._non_negative[channel]] |= np.uint16(Flag.NEGATIVE)
-        flags[judged & (standard > self._max[channel])] |= np.uint16(Flag.ABOVE_MAX)
+        judged = finite & ~mismatch
+        _mark(flags, judged & (standard < 0) & self._non_negative[channel], Flag.NEGATIVE)
+        _mark(flags, judged & (standard > self._max[channel]), Flag.ABOVE_MAX)
         return Standardised(flags, standard, CANONICAL_UNIT[channel])
 
     @staticmethod

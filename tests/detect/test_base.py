@@ -53,3 +53,12 @@ def test_constant_is_a_read_only_column_of_the_threshold() -> None:
     assert column[[1, 3]].tolist() == [3.5, 3.5]
     with pytest.raises(ValueError, match="read-only"):
         column[0] = 1.0
+
+
+def test_constant_columns_are_cached_but_keep_the_sign_of_zero() -> None:
+    assert constant(2.0, 5) is constant(2.0, 5)
+    assert constant(2.0, 5) is not constant(2.0, 6)
+    negative, positive = constant(-0.0, 3), constant(0.0, 3)
+    assert np.signbit(negative).all()
+    assert not np.signbit(positive).any()
+    assert np.signbit(constant(-0.0, 3)).all()

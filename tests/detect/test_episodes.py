@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 
 import numpy as np
 import pytest
@@ -238,3 +239,22 @@ def test_distinct_rows_in_any_order_give_the_same_episodes() -> None:
         assert got == expected
     assert [a.meter_id for a in plain.open_alerts(table)] == ["a", "b"]
     assert fast.open_alerts(table) == plain.open_alerts(table)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.booleans(), min_size=4, max_size=4), max_size=12), st.randoms())
+def test_distinct_path_gives_the_general_paths_episodes_and_state(
+    steps: list[list[bool]], rnd: random.Random
+) -> None:
+    table, rows = table_with("a", "b", "c", "d")
+    plain, fast = EpisodeTracker("r", "warning"), EpisodeTracker("r", "warning")
+    for at, holds in enumerate(steps, start=1):
+        order = rnd.sample(range(4), k=rnd.randint(0, 4))  # some series, in any order
+        batch = rows[order]
+        verdicts = np.array(holds, dtype=np.bool_)[order]
+        times = [at] * len(order)
+        evidence = {"at": np.full(len(order), at / 2), "row": batch.astype(np.float64)}
+        expected = plain.update(batch, verdicts, times, table, evidence)
+        got = fast.update(batch, verdicts, times, table, evidence, ordered=True, distinct=True)
+        assert got == expected
+    assert fast.snapshot() == plain.snapshot()

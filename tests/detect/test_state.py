@@ -561,3 +561,15 @@ def test_prior_ts_is_the_reading_before_the_newest(window: int) -> None:
         assert table.prior_ts(rows).tolist() == table.last(rows, 1)[1].tolist()
     restored = SeriesTable.restore(table.snapshot())
     assert restored.prior_ts(rows).tolist() == table.prior_ts(rows).tolist()
+
+
+def test_rows_of_a_mixed_batch_whatever_channel_comes_first() -> None:
+    table = SeriesTable(4)
+    meters = ["m0", "m1", "m2", "m3", "m4"]
+    channels = np.array([7, 3, 3, 3, 9])  # the first reading's channel is not the common one
+    rows = table.rows_for(meters, channels)
+    one_by_one = [int(table.rows_for([m], [c])[0]) for m, c in zip(meters, channels, strict=True)]
+    assert rows.tolist() == one_by_one
+    assert table.key_of(rows) == list(zip(meters, channels.tolist(), strict=True))
+    again = table.rows_for(meters[::-1], channels[::-1])
+    assert again.tolist() == rows[::-1].tolist()

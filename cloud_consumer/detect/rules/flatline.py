@@ -65,6 +65,19 @@ def _check_duration(min_duration_ms: int) -> None:
         raise ValueError(f"min_duration_ms must be positive, got {min_duration_ms}")
 
 
+def _spread(values: npt.NDArray[Any], index: IntArray, size: int) -> npt.NDArray[Any]:
+    """``values`` of the readings at ``index`` as a column of a frame of ``size`` readings.
+
+    The other readings get NaN (False in a boolean column). When ``index`` covers the frame (it
+    is then ``0..size-1``, the usual case) ``values`` is that column: nothing to allocate.
+    """
+    if index.size == size:
+        return values
+    column = np.full(size, False if values.dtype == np.bool_ else np.nan, dtype=values.dtype)
+    column[index] = values
+    return column
+
+
 def _load_row_values(dtype: type[np.generic], data: bytes) -> RowValues:
     """A fresh :class:`RowValues` (fill 0) loaded from snapshot bytes (SnapshotError if bad)."""
     values = RowValues(dtype, 0)
@@ -183,9 +196,13 @@ class StuckValueDetector:
         self.severity: Severity = self.config.severity
         self._applies = _channel_mask(self.config.channels)
         self._start = RowValues(np.int64, 0)
+        self._steps: PerFrame[tuple[BoolArray, IntArray]] = PerFrame()
 
     def _runs(self, frame: Frame, table: SeriesTable) -> tuple[BoolArray, IntArray]:
-        """Whether the rule applies to each reading, and the start of the run it belongs to."""
+        """Whether the rule applies to each reading, and the start of the run it belongs to.
+
+        Worked out once per frame: ``score`` leaves it for ``learn`` (:class:`PerFrame`).
+        """
         applies = self._applies[frame.channel]
         previous, _ = frame.last(table)  # NaN before a series' first reading
         continues = applies & (frame.value == previous)
@@ -193,7 +210,7 @@ class StuckValueDetector:
         return applies, start
 
     def score(self, frame: Frame, table: SeriesTable) -> Scores:
-        applies, start = self._runs(frame, table)
+        applies, start = self._steps.get(frame, lambda: self._runs(frame, table))
         judged = applies & (frame.value != 0)
         duration = frame.ts_ms - start
         hours = np.where(judged, duration / HOUR_MS, np.nan)
@@ -210,7 +227,7 @@ class StuckValueDetector:
 
     def learn(self, frame: Frame, table: SeriesTable) -> None:
         """Keep or restart each series' run (frames hold one reading per series)."""
-        applies, start = self._runs(frame, table)
+        applies, start = self._steps.take(frame, lambda: self._runs(frame, table))
         self._start.set(frame.rows[applies], start[applies])
 
     def snapshot(self) -> bytes:
@@ -220,6 +237,7 @@ class StuckValueDetector:
     def restore(self, data: bytes) -> None:
         """Load run starts saved by :meth:`snapshot`."""
         self._start = _load_row_values(np.int64, data)  # validated before replacing
+        self._steps.clear()
 
 
 # --- zero run ---------------------------------------------------------------------------------
@@ -265,9 +283,13 @@ class ZeroRunDetector:
         self._applies = _channel_mask(self.config.channels)
         self._start = RowValues(np.int64, 0)
         self._vacancy = RowValues(np.int8, _UNKNOWN)
+        self._steps: PerFrame[tuple[BoolArray, BoolArray, IntArray]] = PerFrame()
 
     def _runs(self, frame: Frame, table: SeriesTable) -> tuple[BoolArray, BoolArray, IntArray]:
-        """Whether the rule applies, whether the value is zero, the start of the zero run."""
+        """Whether the rule applies, whether the value is zero, the start of the zero run.
+
+        Worked out once per frame: ``score`` leaves it for ``learn`` (:class:`PerFrame`).
+        """
         applies = self._applies[frame.channel]
         zero = applies & (frame.value == 0)
         previous, _ = frame.last(table)  # NaN before a series' first reading
@@ -291,7 +313,7 @@ class ZeroRunDetector:
         return vacant
 
     def score(self, frame: Frame, table: SeriesTable) -> Scores:
-        applies, zero, start = self._runs(frame, table)
+        applies, zero, start = self._steps.get(frame, lambda: self._runs(frame, table))
         duration = frame.ts_ms - start
         holds = zero & (duration >= self.config.min_duration_ms)
         if holds.any():
@@ -309,7 +331,7 @@ class ZeroRunDetector:
 
     def learn(self, frame: Frame, table: SeriesTable) -> None:
         """Keep or restart each series' zero run (frames hold one reading per series)."""
-        _, zero, start = self._runs(frame, table)
+        _, zero, start = self._steps.take(frame, lambda: self._runs(frame, table))
         self._start.set(frame.rows[zero], start[zero])
 
     def snapshot(self) -> bytes:
@@ -320,6 +342,7 @@ class ZeroRunDetector:
         """Load zero-run starts saved by :meth:`snapshot` (the vacancy cache starts afresh)."""
         self._start = _load_row_values(np.int64, data)  # validated before replacing
         self._vacancy = RowValues(np.int8, _UNKNOWN)
+        self._steps.clear()
 
 
 # --- low variance -----------------------------------------------------------------------------
@@ -394,11 +417,9 @@ class LowVarianceDetector:
     def score(self, frame: Frame, table: SeriesTable) -> Scores:
         config = self.config
         size = len(frame)
-        cv = np.full(size, np.nan)
-        mean = np.full(size, np.nan)
-        std = np.full(size, np.nan)
-        holds = np.zeros(size, dtype=np.bool_)
         index = np.flatnonzero(self._applies[frame.channel])
+        nothing = np.zeros(0)
+        judged_cv, level, deviation, below = nothing, nothing, nothing, nothing.astype(np.bool_)
         if index.size:
             step = self._steps.get(frame, lambda: _Step(self, frame, table, index))
             n, total, squares = step.window()
@@ -408,10 +429,11 @@ class LowVarianceDetector:
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = deviation / np.abs(level)
             judged = (step.ts - step.first >= config.days * DAY_MS) & (level != 0)
-            cv[index] = np.where(judged, ratio, np.nan)
-            mean[index] = level
-            std[index] = deviation
-            holds[index] = judged & (ratio < config.max_cv)
+            judged_cv = np.where(judged, ratio, np.nan)
+            below = judged & (ratio < config.max_cv)
+        holds, cv, mean, std = (
+            _spread(values, index, size) for values in (below, judged_cv, level, deviation)
+        )
         return Scores(
             holds,
             cv,
@@ -426,16 +448,19 @@ class LowVarianceDetector:
 
     def learn(self, frame: Frame, table: SeriesTable) -> None:
         """Add each reading to its day's bucket (frames hold one reading per series)."""
-        index = np.flatnonzero(self._applies[frame.channel])
-        if not index.size:
-            return
-        step = self._steps.take(frame, lambda: _Step(self, frame, table, index))
+        step = self._steps.pop(frame)  # the one score worked out, if it did
+        if step is None:
+            index = np.flatnonzero(self._applies[frame.channel])
+            if not index.size:
+                return
+            step = _Step(self, frame, table, index)
         rows = step.rows
         new = step.new
-        if step.rest is not None:
-            self._rest_day.set(rows, step.day)
-            for cache, values in zip(self._rest, step.rest, strict=True):
-                cache.set(rows, values)
+        if step.stale.size:  # the caches score recomputed (the others hold already)
+            stale = rows[step.stale]
+            self._rest_day.set(stale, step.day[step.stale])
+            for cache, values in zip(self._rest, step.fresh, strict=True):
+                cache.set(stale, values)
         self._first.set(rows[new], step.ts[new])
         self._shift.set(rows[new], step.shift[new])
         cell = step.cell
@@ -476,9 +501,10 @@ class _Step:
         self, rule: LowVarianceDetector, frame: Frame, table: SeriesTable, index: IntArray
     ) -> None:
         self.rule = rule
-        rows = self.rows = frame.rows[index]
-        ts = self.ts = frame.ts_ms[index]
-        value = frame.value[index]
+        whole = index.size == len(frame)  # every reading applies: the columns as they are
+        rows = self.rows = frame.rows if whole else frame.rows[index]
+        ts = self.ts = frame.ts_ms if whole else frame.ts_ms[index]
+        value = frame.value if whole else frame.value[index]
         new = self.new = table.seen(rows) == 0
         self.first: IntArray = np.where(new, ts, rule._first.get(rows))
         self.shift: FloatArray = np.where(new, value + 0.0, rule._shift.get(rows))  # no -0.0
@@ -492,7 +518,9 @@ class _Step:
         # "+ 0.0" turns a -0.0 sum into 0.0, so snapshots are canonical.
         self.bucket_sum = np.where(same, rule._sum.at(cell), 0.0) + deviation + 0.0
         self.bucket_squares = np.where(same, rule._squares.at(cell), 0.0) + deviation * deviation
-        self.rest: tuple[FloatArray, FloatArray, FloatArray] | None = None
+        # Where :meth:`_rest` found the cache stale, and the sums it worked out there instead.
+        self.stale: IntArray = np.zeros(0, dtype=np.int64)
+        self.fresh: tuple[FloatArray, ...] = ()
 
     def window(self) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Count, sum and sum of squares (of ``value - shift``) over the window with the reading.
@@ -512,15 +540,14 @@ class _Step:
         summation order, so the result does not depend on batching or on the cache.
         """
         rule, rows, day = self.rule, self.rows, self.day
-        cached = rule._rest_day.get(rows) == day
-        n, s, q = (np.where(cached, cache.get(rows), 0.0) for cache in rule._rest)
+        n, s, q = (cache.get(rows) for cache in rule._rest)  # copies: stale rows replaced below
         found: tuple[FloatArray, FloatArray, FloatArray] = (n, s, q)
-        stale = np.flatnonzero(~cached)
+        stale = np.flatnonzero(rule._rest_day.get(rows) != day)
         if stale.size:
             fresh = self._sum_buckets(rows[stale], day[stale], self.slot[stale])
             for target, values in zip(found, fresh, strict=True):
                 target[stale] = values
-        self.rest = found
+            self.stale, self.fresh = stale, fresh
         return found
 
     def _sum_buckets(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cloud_consumer.detect.base import Frame, RowCounts, RuleKind, Scores, constant
+from cloud_consumer.detect.base import Frame, PerFrame, RowCounts, RuleKind, Scores, constant
 from cloud_consumer.detect.episodes import Severity
 from cloud_consumer.detect.state import FloatArray, IntArray, SeriesTable
 from meterlink_wire.vocab import Channel, Unit
@@ -54,16 +54,20 @@ class OverloadDetector:
         self._applies = np.zeros(256, dtype=np.bool_)
         self._applies[list(self.config.channels)] = True
         self._runs = RowCounts()
+        self._steps: PerFrame[tuple[FloatArray, IntArray]] = PerFrame()
 
     def _demand(self, frame: Frame) -> tuple[FloatArray, IntArray]:
-        """Demand in kW and the run length including each reading."""
+        """Demand in kW and the run length including each reading.
+
+        Worked out once per frame: ``score`` leaves it for ``learn`` (:class:`PerFrame`).
+        """
         demand = frame.value * _KW_SCALE[frame.unit]
         above = (demand > self.config.limit_kw) & self._applies[frame.channel]
         runs: IntArray = np.where(above, self._runs.get(frame.rows) + 1, 0)
         return demand, runs
 
     def score(self, frame: Frame, table: SeriesTable) -> Scores:
-        demand, runs = self._demand(frame)
+        demand, runs = self._steps.get(frame, lambda: self._demand(frame))
         limit = self.config.limit_kw
         return Scores(
             runs >= self.config.min_run,
@@ -77,7 +81,7 @@ class OverloadDetector:
 
     def learn(self, frame: Frame, table: SeriesTable) -> None:
         """Extend or reset each series' run (frames hold one reading per series)."""
-        _, runs = self._demand(frame)
+        _, runs = self._steps.take(frame, lambda: self._demand(frame))
         self._runs.set(frame.rows, runs)
 
     def snapshot(self) -> bytes:
@@ -89,3 +93,4 @@ class OverloadDetector:
         runs = RowCounts()
         runs.restore(data)  # validates before replacing: a bad snapshot leaves state untouched
         self._runs = runs
+        self._steps.clear()

@@ -150,11 +150,12 @@ class ContinuousFlowDetector:
         size = len(frame)
         holds = np.zeros(size, dtype=np.bool_)
         holds[step.flow] = (step.runs >= self.config.min_hours) & (step.minimums > 0)
+        runs = _spread(step.runs, step.flow, size)
         return Scores(
             holds,
-            _spread(step.runs, step.flow, size),
+            runs,
             {
-                "run_hours": _spread(step.runs, step.flow, size),
+                "run_hours": runs,
                 "hour_min_flow": _spread(step.minimums, step.flow, size),
                 "threshold_hours": constant(self.config.min_hours, size),
             },
@@ -225,9 +226,13 @@ class BurstDetector:
             raise ValueError(f"min_duration_ms must be >= 0, got {self.config.min_duration_ms}")
         self.severity: Severity = self.config.severity
         self._start = RowValues(np.int64, -1)
+        self._steps: PerFrame[tuple[IntArray, BoolArray, IntArray]] = PerFrame()
 
     def _step(self, frame: Frame) -> tuple[IntArray, BoolArray, IntArray]:
-        """The frame's flow readings, which are in a run, and their series' run start after them."""
+        """The frame's flow readings, which are in a run, and their series' run start after them.
+
+        Worked out once per frame: ``score`` leaves it for ``learn`` (:class:`PerFrame`).
+        """
         flow = np.flatnonzero(frame.channel == _FLOW)
         start = self._start.get(frame.rows[flow])
         high: BoolArray = frame.value[flow] >= self.config.min_flow
@@ -236,7 +241,7 @@ class BurstDetector:
 
     def score(self, frame: Frame, table: SeriesTable) -> Scores:
         config = self.config
-        flow, high, starts = self._step(frame)
+        flow, high, starts = self._steps.get(frame, lambda: self._step(frame))
         duration = frame.ts_ms[flow] - starts
         size = len(frame)
         holds = np.zeros(size, dtype=np.bool_)
@@ -255,7 +260,7 @@ class BurstDetector:
 
     def learn(self, frame: Frame, table: SeriesTable) -> None:
         """Start, continue or end each flow series' run (one reading per series per frame)."""
-        flow, _, starts = self._step(frame)
+        flow, _, starts = self._steps.take(frame, lambda: self._step(frame))
         self._start.set(frame.rows[flow], starts)
 
     def snapshot(self) -> bytes:
@@ -267,6 +272,7 @@ class BurstDetector:
         start = RowValues(np.int64, -1)
         _load(data, start, -1)
         self._start = start
+        self._steps.clear()
 
 
 # --- reverse flow (backflow) -----------------------------------------------------------------
