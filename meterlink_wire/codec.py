@@ -451,9 +451,12 @@ def decode(
     parsed = simd.parse(text)
     if parsed is not None:
         try:
-            return _decode_document(parsed.document, _Buffers(parsed.columns))
+            batch = _decode_document(parsed.document, _Buffers(parsed.columns))
         except WireError:
             pass  # the exact path names the problem
+        else:
+            simd.remember_meters(parsed.meters_span, batch.meters)
+            return batch
     return decode_exact(text)
 
 

@@ -184,3 +184,44 @@ def test_every_message_the_encoder_writes_takes_the_fast_path(batch: ReadingBatc
     decoded = decode(data)
     assert decoded.equals(batch)
     assert decoded.equals(decode_exact(data))
+
+
+def test_a_dictionary_seen_before_is_found_by_its_text():
+    data = message().replace(b'"m-1","m-2"', b'"span-1","span-2"')
+    first = simd.parse(data)
+    assert first is not None and first.meters_span == b'"span-1","span-2"'
+    assert isinstance(first.document["meters"], list)  # not seen yet: built from the parse
+    batch = decode(data)
+    again = simd.parse(data)
+    assert again is not None and again.document["meters"] is batch.meters  # no strings built
+    assert decode(data).meters is batch.meters
+
+
+def test_only_dictionaries_that_passed_validation_are_remembered():
+    bad = message().replace(b'"m-1","m-2"', b'"m]1","m-2"')
+    with pytest.raises(WireError):
+        decode(bad)
+    parsed = simd.parse(bad)
+    assert parsed is not None and parsed.meters_span == b'"m'  # cut at the ']' in the id
+    assert isinstance(parsed.document["meters"], list)
+    # A valid dictionary whose text starts like the bad one's span is not confused with it.
+    good = message().replace(b'"m-1","m-2"', b'"m","m-2"')
+    assert decode(good).meters == ("m", "m-2")
+    assert decode(good).equals(decode_exact(good))
+
+
+def test_a_meters_key_in_rows_does_not_stand_for_the_dictionary():
+    rows_first = (
+        b'{"rows":{"meters":[9],"meter":[0],"channel":[0],"unit":[0],"start_ms":[%d],'
+        b'"count":[1],"min":[1.0],"max":[1.0],"mean":[1.0],"last":[1.0]},'
+        b'"v":1,"type":"telemetry","gateway":"gw-1","seq":1,"sent_ms":%d,"window_s":60,'
+        b'"meters":["rows-first"],"channels":["power"],"units":["kW"]}' % (T0, T0)
+    )
+    parsed = simd.parse(rows_first)
+    assert parsed is not None and parsed.meters_span is None
+    for _ in range(2):
+        assert decode(rows_first).meters == ("rows-first",)
+    spaced = message().replace(b'"meters":[', b'"meters": [')
+    parsed = simd.parse(spaced)
+    assert parsed is not None and parsed.meters_span is None
+    assert decode(spaced).equals(decode_exact(spaced))
