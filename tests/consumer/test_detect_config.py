@@ -13,7 +13,7 @@ from cloud_consumer.detect.rules import DETECTORS
 from cloud_consumer.detect.rules.flatline import StuckValueConfig, ZeroRunConfig
 from cloud_consumer.detect.rules.gaps import InterpolationConfig, Interpolator
 from cloud_consumer.detect.rules.overload import OverloadConfig
-from cloud_consumer.detect.rules.spike import SpikeConfig
+from cloud_consumer.detect.rules.spike import RobustZConfig, SpikeConfig
 from cloud_consumer.detect.rules.water import ReverseFlowConfig
 from cloud_consumer.detect.validate import ValidationConfig, Validator
 from meterlink_config import ConfigError, TomlReader
@@ -110,6 +110,12 @@ def test_register_rollover_is_optional(tmp_path: Path) -> None:
     settings = load(tmp_path, "[detect.rules.reverse_flow]\nregister_rollover = 100000\n")
     assert settings.rules["reverse_flow"] == ReverseFlowConfig(register_rollover=100_000.0)
     assert ReverseFlowConfig().register_rollover is None
+
+
+def test_robust_z_noise_floor_is_off_by_default(tmp_path: Path) -> None:
+    settings = load(tmp_path, "[detect.rules.spike_robust_z]\nmin_deviation = 0.05\n")
+    assert settings.rules["spike_robust_z"] == RobustZConfig(min_deviation=0.05)
+    assert RobustZConfig().min_deviation == 0.0
 
 
 def test_rule_fields_by_name(tmp_path: Path) -> None:

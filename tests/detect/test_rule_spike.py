@@ -238,3 +238,43 @@ def test_median_and_mad_ignore_padding_and_match_numpy() -> None:
     assert mad[:2].tolist() == [2.0, 1.0]
     np.testing.assert_array_equal(median, expected_median)
     np.testing.assert_array_equal(mad, expected_mad)
+
+
+def quiet_meter(step: float) -> list[float]:
+    """A base load read to the watt: 0.100-0.102 kW (median 0.101, MAD 0.001), then a step."""
+    return [0.100, 0.101, 0.102] * 3 + [0.101 + step]
+
+
+def floored(min_deviation: float) -> Engine:
+    config = RobustZConfig(min_points=9, min_deviation=min_deviation)
+    return Engine([RobustZDetector(config)], window=16)
+
+
+def test_without_a_floor_a_few_watts_on_a_quiet_meter_fire() -> None:
+    # 10 W above the median: z = 0.010 / (1.4826 * 0.001) = 6.7
+    alerts = floored(0.0).process(columns(series("m", quiet_meter(0.010)))).alerts
+    assert [(a.opened_ms, a.resolved_ms) for a in alerts] == [(9_000, None)]
+    assert alerts[0].evidence["median"] == pytest.approx(0.101)
+    assert alerts[0].evidence["z"] == pytest.approx(0.010 / (MAD_SCALE * 0.001))
+
+
+def test_min_deviation_keeps_small_steps_quiet_and_real_spikes_firing() -> None:
+    assert floored(0.05).process(columns(series("m", quiet_meter(0.010)))).alerts == []
+    spike = floored(0.05).process(columns(series("m", quiet_meter(2.0)))).alerts
+    assert [(a.opened_ms, a.evidence["value"]) for a in spike] == [(9_000, 2.101)]
+
+
+def test_min_deviation_is_strict() -> None:
+    value = quiet_meter(0.5)[-1]
+    deviation = abs(value - float(np.median(quiet_meter(0.5)[:-1])))  # the detector's arithmetic
+    at = floored(deviation).process(columns(series("m", quiet_meter(0.5)))).alerts
+    assert at == []
+    below = float(np.nextafter(deviation, 0.0))
+    fired = floored(below).process(columns(series("m", quiet_meter(0.5)))).alerts
+    assert [a.opened_ms for a in fired] == [9_000]
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
+def test_min_deviation_must_be_finite_and_not_negative(bad: float) -> None:
+    with pytest.raises(ValueError, match="min_deviation"):
+        RobustZDetector(RobustZConfig(min_deviation=bad))

@@ -9,6 +9,7 @@ outliers it looks for.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,6 +125,11 @@ class RobustZConfig:
     it), and makes the rule's sort of the window -- its whole cost -- six times rarer. 1
     recomputes it for every reading. Count-based windows only: with a time horizon the
     baseline depends on each reading's time and is always recomputed."""
+    min_deviation: float = 0.0
+    """The least ``|value - median|`` that can fire, in the channel's canonical unit (kW, L/min,
+    ...); 0 turns the floor off. A quiet meter's MAD can be a resolution step or two, so a change
+    of a few watts scores a large z: set this to the smallest deviation worth an alert (for
+    example 0.05 for 50 W on power)."""
     severity: Severity = "warning"
 
 
@@ -133,7 +139,8 @@ class RobustZDetector:
     ``z = |v - median| / (1.4826 * MAD)`` over the window before the reading (with a time-based
     table, only its points within ``horizon_ms`` of the reading); holds where
     ``z > threshold`` (strict), the window holds at least ``min_points`` points and the MAD is
-    positive (a flat window has no scale: the stuck-value rule covers it). Score: z, NaN where
+    positive (a flat window has no scale: the stuck-value rule covers it), and, when
+    ``min_deviation`` is set, ``|v - median|`` exceeds it (strict). Score: z, NaN where
     not judged. The window is the table's; per series the rule keeps its baseline (median, MAD
     and the reading count it was computed at, 24 B), refreshed every ``refresh`` readings.
     """
@@ -145,6 +152,9 @@ class RobustZDetector:
         self.config = config or RobustZConfig()
         if self.config.refresh < 1:
             raise ValueError(f"refresh must be >= 1, got {self.config.refresh}")
+        floor = self.config.min_deviation
+        if not (math.isfinite(floor) and floor >= 0):
+            raise ValueError(f"min_deviation must be finite and >= 0, got {floor}")
         self.severity: Severity = self.config.severity
         self._median = RowValues(np.float64)
         self._mad = RowValues(np.float64)
@@ -185,10 +195,14 @@ class RobustZDetector:
             if enough.any():
                 values = np.where(recent, window.values, np.nan)[enough]
                 median[where[enough]], mad[where[enough]] = median_and_mad(values)
+        deviation = np.abs(frame.value - median)
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(mad > 0, np.abs(frame.value - median) / (MAD_SCALE * mad), np.nan)
+            z = np.where(mad > 0, deviation / (MAD_SCALE * mad), np.nan)
+        holds = z > config.threshold
+        if config.min_deviation > 0:
+            holds &= deviation > config.min_deviation
         return Scores(
-            z > config.threshold,
+            holds,
             z,
             {
                 "value": frame.value,
