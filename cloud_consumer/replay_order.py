@@ -171,32 +171,38 @@ class _Merge:
 
 
 def _gather(runs: list[_Run], taken: dict[int, tuple[int, int]], counted: bool) -> ReadingColumns:
-    """One chunk from runs' row ranges: dictionaries joined by offset, rows sorted by time.
+    """One chunk from runs' row ranges, rows sorted by time, each meter id in it listed once.
 
     Ranges are joined in run (file) order and sorted stably, so equal timestamps keep their
-    order in the file.
+    order in the file. The chunk's dictionary holds only the ids its rows use: a merged chunk
+    draws on many runs, and carrying their whole dictionaries would cost memory in proportion
+    to runs times meters.
     """
     used = sorted(taken)
-    offsets = np.cumsum([0] + [len(runs[i].meter_ids) for i in used[:-1]]).tolist()
+    ids: dict[str, int] = {}
+    meters = []
+    for i in used:
+        local = runs[i].columns["meter"][slice(*taken[i])]
+        present, inverse = np.unique(local, return_inverse=True)
+        names = runs[i].meter_ids
+        remap = np.fromiter(
+            (ids.setdefault(names[k], len(ids)) for k in present.tolist()),
+            dtype=np.int32,
+            count=present.size,
+        )
+        meters.append(remap[inverse])
 
     def join(name: str) -> npt.NDArray[Any]:
         return np.concatenate([runs[i].columns[name][slice(*taken[i])] for i in used])
 
-    meter = np.concatenate(
-        [
-            runs[i].columns["meter"][slice(*taken[i])] + np.int32(offset)
-            for i, offset in zip(used, offsets, strict=True)
-        ]
-    )
     ts = join("ts_ms")
     order = np.argsort(ts, kind="stable")
     return ReadingColumns(
-        meter_ids=tuple(m for i in used for m in runs[i].meter_ids),
-        meter=meter[order].astype(np.int32, copy=False),
+        meter_ids=tuple(ids),
+        meter=np.concatenate(meters)[order],
         channel=join("channel")[order],
         unit=join("unit")[order],
         ts_ms=ts[order],
         value=join("value")[order],
         count=join("count")[order] if counted else None,
-        dictionaries=tuple(runs[i].meter_ids for i in used),
     )

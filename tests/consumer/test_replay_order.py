@@ -85,7 +85,7 @@ def test_meter_sorted_chunks_come_out_in_time_order_stably(tmp_path: Path) -> No
     assert sum(len(columns) for columns, _ in out) == 12
 
 
-def test_chunks_hold_about_chunk_rows_and_join_dictionaries_by_offset(tmp_path: Path) -> None:
+def test_chunks_hold_about_chunk_rows_and_list_each_meter_once(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     chunks = [
         chunk(sorted(rng.integers(0, 10_000, 3_000).tolist()), [f"m{k}"] * 3_000) for k in range(5)
@@ -98,7 +98,9 @@ def test_chunks_hold_about_chunk_rows_and_join_dictionaries_by_offset(tmp_path: 
     flat = [row for columns, _ in out for row in rows(columns)]
     assert flat == reference(chunks)
     for columns, _ in out:
-        assert columns.meter_ids == tuple(m for d in columns.dictionaries for m in d)
+        # each id once, and only the ids the chunk's rows use
+        assert sorted(columns.meter_ids) == sorted(set(columns.meter_names()))
+        assert columns.dictionaries == ()
         assert columns.meter.dtype == np.int32
 
 
@@ -170,3 +172,23 @@ def test_any_order_comes_out_as_a_stable_sort_by_time(
     else:  # one chunk of readings at most passes through as it is
         assert flat == [row for c in tag(chunks) for row in rows(c)]
     assert os.listdir(spill) == []
+
+
+def test_wire_chunks_with_repeated_ids_come_out_with_each_id_once(tmp_path: Path) -> None:
+    # A wire chunk joins message dictionaries by offset, so an id may stand twice in meter_ids.
+    wire = ReadingColumns(
+        meter_ids=("a", "b", "a"),
+        meter=np.array([0, 1, 2, 0], np.int32),
+        channel=np.full(4, 3, np.uint8),
+        unit=np.full(4, 2, np.uint8),
+        ts_ms=np.array([3, 2, 4, 5], np.int64),
+        value=np.arange(4, dtype=np.float64),
+        count=np.ones(4, np.int64),
+        dictionaries=(("a", "b"), ("a",)),
+    )
+    out = merged([wire, chunk([1, 6], ["b", "c"], counts=True)], 10, tmp_path)
+    ((columns, _),) = [pair for pair in out if len(pair[0])]
+    assert columns.meter_ids == ("a", "b", "c")  # run by run, in each run's dictionary order
+    assert [(ts, meter) for ts, meter, _ in rows(columns)] == [
+        (1, "b"), (2, "b"), (3, "a"), (4, "a"), (5, "a"), (6, "c")
+    ]  # fmt: skip
