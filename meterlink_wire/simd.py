@@ -126,7 +126,7 @@ def parse(text: bytes) -> Parsed | None:
         parser = _local.parser = simdjson.Parser()
     try:
         return _parse(parser, text)
-    except (ValueError, TypeError, RuntimeError, KeyError):
+    except Exception:  # whatever simdjson raises, the exact path decides
         # A parser may not be reused while proxies into its last document live; one that failed
         # mid-way is replaced rather than trusted to have let go of them.
         _local.parser = None
