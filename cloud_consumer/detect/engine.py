@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -281,18 +282,30 @@ class Engine:
         if not where.size or found.since is None:
             return []
         keys = self.table.key_of(frame.rows[where])
-        proof = {name: values[where].tolist() for name, values in found.evidence.items()}
+        names = list(found.evidence)
+        # One tuple of evidence floats per alert (see EpisodeTracker._changes).
+        columns = [
+            np.asarray(values[where], dtype=np.float64).tolist()
+            for values in found.evidence.values()
+        ]
+        proofs = zip(*columns, strict=True) if columns else repeat((), where.size)
         return [
             Alert(
                 meter_id,
                 channel,
                 detector.name,
                 detector.severity,
-                int(found.since[i]),
-                int(frame.ts_ms[i]),
-                {name: float(values[k]) for name, values in proof.items()},
+                since,
+                until,
+                dict(zip(names, values, strict=True)),
             )
-            for k, (i, (meter_id, channel)) in enumerate(zip(where.tolist(), keys, strict=True))
+            for (meter_id, channel), since, until, values in zip(
+                keys,
+                found.since[where].tolist(),
+                frame.ts_ms[where].tolist(),
+                proofs,
+                strict=True,
+            )
         ]
 
     def describe(self, estimates: Estimates) -> ReadingColumns:

@@ -240,6 +240,18 @@ def test_median_and_mad_ignore_padding_and_match_numpy() -> None:
     np.testing.assert_array_equal(mad, expected_mad)
 
 
+@pytest.mark.parametrize("width", [1, 2, 9, 60])
+def test_median_and_mad_of_full_windows_match_numpy(width: int) -> None:
+    """Full rows only (a warm table) take the column-slice path; both widths' parities."""
+    rng = np.random.default_rng(width)
+    values = np.round(rng.normal(5.0, 1.0, (50, width)), 1)  # rounded: ties in value and MAD
+    expected_median = np.median(values, axis=1)
+    expected_mad = np.median(np.abs(values - expected_median[:, None]), axis=1)
+    median, mad = median_and_mad(values.copy())
+    np.testing.assert_array_equal(median, expected_median)
+    np.testing.assert_array_equal(mad, expected_mad)
+
+
 def quiet_meter(step: float) -> list[float]:
     """A base load read to the watt: 0.100-0.102 kW (median 0.101, MAD 0.001), then a step."""
     return [0.100, 0.101, 0.102] * 3 + [0.101 + step]

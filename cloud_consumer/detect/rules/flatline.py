@@ -424,7 +424,9 @@ class LowVarianceDetector:
             step = self._steps.get(frame, lambda: _Step(self, frame, table, index))
             n, total, squares = step.window()
             centre = total / n
-            deviation = np.sqrt(np.maximum(squares / n - centre * centre, 0.0))
+            deviation = squares / n
+            deviation -= centre * centre
+            np.sqrt(np.maximum(deviation, 0.0, out=deviation), out=deviation)
             level = step.shift + centre
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = deviation / np.abs(level)
@@ -506,8 +508,13 @@ class _Step:
         ts = self.ts = frame.ts_ms if whole else frame.ts_ms[index]
         value = frame.value if whole else frame.value[index]
         new = self.new = table.seen(rows) == 0
-        self.first: IntArray = np.where(new, ts, rule._first.get(rows))
-        self.shift: FloatArray = np.where(new, value + 0.0, rule._shift.get(rows))  # no -0.0
+        # Gathers are copies: a series' first reading (rare once warm) is written into them,
+        # sparing a whole-batch np.where and its temporary per step.
+        self.first: IntArray = rule._first.get(rows)
+        self.shift: FloatArray = rule._shift.get(rows)
+        if new.any():
+            self.first[new] = ts[new]
+            self.shift[new] = value[new] + 0.0  # no -0.0
         deviation = value - self.shift
         day = self.day = ts // DAY_MS
         slot = self.slot = day % rule.config.days
@@ -527,10 +534,10 @@ class _Step:
 
         The reading's bucket (``bucket_*``) plus the window's other days (:meth:`_rest`).
         """
-        rest_n, rest_s, rest_q = self._rest()
-        n: FloatArray = self.bucket_count.astype(np.float64) + rest_n
-        s: FloatArray = self.bucket_sum + rest_s
-        q: FloatArray = self.bucket_squares + rest_q
+        n, s, q = self._rest()  # fresh arrays: added to in place (addition is commutative)
+        n += self.bucket_count
+        s += self.bucket_sum
+        q += self.bucket_squares
         return n, s, q
 
     def _rest(self) -> tuple[FloatArray, FloatArray, FloatArray]:

@@ -67,14 +67,20 @@ class MissingDataDetector:
         config = self.config
         _, previous = frame.last(table)
         known = previous >= 0
-        gap = np.where(known, frame.ts_ms - previous, 0)
-        holds = known & (gap >= config.min_gap_ms)
+        gap = frame.ts_ms - previous
+        holds = gap >= config.min_gap_ms
         if config.max_gap_ms is not None:
             holds &= gap < config.max_gap_ms
+        # A series' first reading (no previous) is rare once the table is warm: mask only when
+        # there is one, rather than pay for whole-batch np.where passes on every step.
+        every = bool(known.all())
+        if not every:
+            gap[~known] = 0
+            holds &= known
         hours = gap / HOUR_MS
         return Scores(
             holds,
-            np.where(known, hours, np.nan),
+            hours if every else np.where(known, hours, np.nan),
             {
                 "gap_h": hours,
                 "threshold_h": constant(config.min_gap_ms / HOUR_MS, len(frame)),
@@ -168,16 +174,19 @@ class Interpolator:
         (previous, last_ts), before_ts = frame.last(table), table.prior_ts(frame.rows)
         gap = frame.ts_ms - last_ts
         cadence = last_ts - before_ts
+        # A gap to fill exceeds tolerance * cadence > cadence (tolerance > 1): one integer test
+        # over the batch finds the few candidates, and only those are judged in full.
+        where = np.flatnonzero(gap > cadence)
+        gap, cadence = gap[where], cadence[where]
         fills = (
-            (before_ts >= 0)
+            (before_ts[where] >= 0)
             & (cadence > 0)
             & (gap < config.max_gap_ms)
             & (gap > config.tolerance * cadence)
         )
-        where = np.flatnonzero(fills)
+        where, gap, cadence = where[fills], gap[fills], cadence[fills]
         if not where.size:
             return Estimates.empty()
-        gap, cadence = gap[where], cadence[where]
         points = np.minimum(np.rint(gap / cadence).astype(np.int64) - 1, config.max_points)
         points = np.maximum(points, 1)
         owner = np.repeat(np.arange(where.size), points)

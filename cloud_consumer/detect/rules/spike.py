@@ -40,20 +40,29 @@ def median_and_mad(values: FloatArray) -> tuple[FloatArray, FloatArray]:
     """
     values.sort(axis=1)
     width = values.shape[1]
-    count = np.full(len(values), width)
     partial = np.flatnonzero(np.isnan(values[:, -1]))
-    count[partial] = width - np.isnan(values[partial]).sum(axis=1)
-    lines = np.arange(len(values))
-    centre = _sorted_median(values, lines, count)
+    count: IntArray | None = None  # None: every row full (a warm table), the usual case
+    if partial.size:
+        count = np.full(len(values), width)
+        count[partial] = width - np.isnan(values[partial]).sum(axis=1)
+    centre = _sorted_median(values, count)
     values -= centre[:, None]
     np.abs(values, out=values)
     values.sort(axis=1)
-    return centre, _sorted_median(values, lines, count)
+    return centre, _sorted_median(values, count)
 
 
-def _sorted_median(ordered: FloatArray, lines: IntArray, count: IntArray) -> FloatArray:
-    """Median of the first ``count`` slots of each sorted row."""
-    middle: FloatArray = (ordered[lines, (count - 1) // 2] + ordered[lines, count // 2]) / 2.0
+def _sorted_median(ordered: FloatArray, count: IntArray | None) -> FloatArray:
+    """Median of the first ``count`` slots of each sorted row (None: of every slot).
+
+    Full rows take the two middle columns as slices, ~4x faster than a gather per row.
+    """
+    if count is None:
+        width = ordered.shape[1]
+        middle: FloatArray = (ordered[:, (width - 1) // 2] + ordered[:, width // 2]) / 2.0
+        return middle
+    lines = np.arange(len(ordered))
+    middle = (ordered[lines, (count - 1) // 2] + ordered[lines, count // 2]) / 2.0
     return middle
 
 
@@ -195,9 +204,15 @@ class RobustZDetector:
             if enough.any():
                 values = np.where(recent, window.values, np.nan)[enough]
                 median[where[enough]], mad[where[enough]] = median_and_mad(values)
-        deviation = np.abs(frame.value - median)
+        # In place: at 150K readings a step every temporary costs an allocation and a pass.
+        deviation = frame.value - median
+        np.abs(deviation, out=deviation)
+        z = MAD_SCALE * mad
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(mad > 0, deviation / (MAD_SCALE * mad), np.nan)
+            np.divide(deviation, z, out=z)
+        scaled = mad > 0  # elsewhere (no MAD, or a flat window) z is NaN
+        if not scaled.all():
+            z[~scaled] = np.nan
         holds = z > config.threshold
         if config.min_deviation > 0:
             holds &= deviation > config.min_deviation

@@ -325,21 +325,25 @@ class ReverseFlowDetector:
 
     def score(self, frame: Frame, table: SeriesTable) -> Scores:
         config = self.config
-        flow = frame.channel == _FLOW
-        volume = frame.channel == _VOLUME
+        size, value = len(frame), frame.value
+        # Only flow and volume readings are judged (a few percent of a fleet): work on their
+        # positions, leaving NaN (False) elsewhere, rather than in whole-batch passes.
+        flow = np.flatnonzero(frame.channel == _FLOW)
+        volume = np.flatnonzero(frame.channel == _VOLUME)
         last, _ = frame.last(table)  # NaN for a series' first reading
-        previous = np.where(volume, last, np.nan)
+        previous = _spread(last[volume], volume, size)
         if config.register_rollover is not None:  # a wrapped register did not run backwards
             span = config.register_rollover
-            wrapped = frame.value + span - previous <= ROLLOVER_STEP * span
-            previous = np.where(wrapped, np.nan, previous)
-        holds = (flow & (frame.value < -config.flow_tolerance)) | (
-            volume & (frame.value < previous - config.volume_tolerance)
-        )
-        backwards = np.where(flow, -frame.value, previous - frame.value)
-        tolerance = np.where(
-            flow, config.flow_tolerance, np.where(volume, config.volume_tolerance, np.nan)
-        )
+            advance = value[volume] + span - previous[volume]  # if it wrapped
+            previous[volume[advance <= ROLLOVER_STEP * span]] = np.nan
+        flow_value, volume_value, volume_previous = value[flow], value[volume], previous[volume]
+        holds = np.zeros(size, dtype=np.bool_)
+        holds[flow] = flow_value < -config.flow_tolerance
+        holds[volume] = volume_value < volume_previous - config.volume_tolerance
+        backwards = _spread(-flow_value, flow, size)
+        backwards[volume] = volume_previous - volume_value
+        tolerance = _spread(config.flow_tolerance, flow, size)
+        tolerance[volume] = config.volume_tolerance
         return Scores(
             holds,
             backwards,
