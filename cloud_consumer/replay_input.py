@@ -755,13 +755,23 @@ def read_wire(
 
 
 def concat(chunks: Iterable[ReadingColumns]) -> ReadingColumns:
-    """Join chunks into one ReadingColumns (meter ids renumbered by first appearance)."""
+    """Join chunks into one ReadingColumns, each meter id listed once.
+
+    The joined dictionary holds only the ids the rows use, chunk by chunk in each chunk's
+    dictionary order: parts cut from large chunks (a replay merge) do not drag in their chunks'
+    whole dictionaries, and an id repeated in a wire chunk's dictionary comes out once.
+    """
     ids: dict[str, int] = {}
     parts = list(chunks)
     meters = []
     for part in parts:
-        remap = np.array([ids.setdefault(m, len(ids)) for m in part.meter_ids], dtype=np.int32)
-        meters.append(remap[part.meter] if len(part) else np.empty(0, np.int32))
+        present, inverse = np.unique(part.meter, return_inverse=True)
+        remap = np.fromiter(
+            (ids.setdefault(part.meter_ids[k], len(ids)) for k in present.tolist()),
+            dtype=np.int32,
+            count=present.size,
+        )
+        meters.append(remap[inverse])
     counts = [p.count for p in parts]
     count = None
     if parts and any(c is not None for c in counts):

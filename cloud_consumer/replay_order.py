@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from cloud_consumer.replay_input import ReadingColumns, RowError
+from cloud_consumer.replay_input import ReadingColumns, RowError, concat
 
 Chunks = Iterable[tuple[ReadingColumns, list[RowError]]]
 
@@ -46,6 +46,20 @@ class _Run:
     @property
     def ts(self) -> npt.NDArray[np.int64]:
         return self.columns["ts_ms"]
+
+    def part(self, start: int, stop: int, counted: bool) -> ReadingColumns:
+        """Rows ``start:stop`` as ReadingColumns (views of the mapped columns)."""
+        rows = slice(start, stop)
+        columns = self.columns
+        return ReadingColumns(
+            self.meter_ids,
+            columns["meter"][rows],
+            columns["channel"][rows],
+            columns["unit"][rows],
+            columns["ts_ms"][rows],
+            columns["value"][rows],
+            columns["count"][rows] if counted else None,
+        )
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -80,21 +94,10 @@ def in_time_order(
         runs: list[_Run] = []
         for columns, errors in itertools.chain(head, source):
             if errors:
-                yield _empty(), errors
+                yield concat([]), errors
             if len(columns):
                 runs.append(_spill(columns, Path(tmp) / f"run{len(runs):06d}"))
         yield from ((chunk, []) for chunk in _merge(runs, chunk_rows, min_block_rows))
-
-
-def _empty() -> ReadingColumns:
-    return ReadingColumns(
-        (),
-        np.empty(0, np.int32),
-        np.empty(0, np.uint8),
-        np.empty(0, np.uint8),
-        np.empty(0, np.int64),
-        np.empty(0, np.float64),
-    )
 
 
 def _spill(columns: ReadingColumns, stem: Path) -> _Run:
@@ -171,38 +174,19 @@ class _Merge:
 
 
 def _gather(runs: list[_Run], taken: dict[int, tuple[int, int]], counted: bool) -> ReadingColumns:
-    """One chunk from runs' row ranges, rows sorted by time, each meter id in it listed once.
+    """One chunk from runs' row ranges, rows sorted by time (see :func:`concat` for the ids).
 
     Ranges are joined in run (file) order and sorted stably, so equal timestamps keep their
-    order in the file. The chunk's dictionary holds only the ids its rows use: a merged chunk
-    draws on many runs, and carrying their whole dictionaries would cost memory in proportion
-    to runs times meters.
+    order in the file.
     """
-    used = sorted(taken)
-    ids: dict[str, int] = {}
-    meters = []
-    for i in used:
-        local = runs[i].columns["meter"][slice(*taken[i])]
-        present, inverse = np.unique(local, return_inverse=True)
-        names = runs[i].meter_ids
-        remap = np.fromiter(
-            (ids.setdefault(names[k], len(ids)) for k in present.tolist()),
-            dtype=np.int32,
-            count=present.size,
-        )
-        meters.append(remap[inverse])
-
-    def join(name: str) -> npt.NDArray[Any]:
-        return np.concatenate([runs[i].columns[name][slice(*taken[i])] for i in used])
-
-    ts = join("ts_ms")
-    order = np.argsort(ts, kind="stable")
+    joined = concat(runs[i].part(*taken[i], counted) for i in sorted(taken))
+    order = np.argsort(joined.ts_ms, kind="stable")
     return ReadingColumns(
-        meter_ids=tuple(ids),
-        meter=np.concatenate(meters)[order],
-        channel=join("channel")[order],
-        unit=join("unit")[order],
-        ts_ms=ts[order],
-        value=join("value")[order],
-        count=join("count")[order] if counted else None,
+        meter_ids=joined.meter_ids,
+        meter=joined.meter[order],
+        channel=joined.channel[order],
+        unit=joined.unit[order],
+        ts_ms=joined.ts_ms[order],
+        value=joined.value[order],
+        count=None if joined.count is None else joined.count[order],
     )
