@@ -403,7 +403,8 @@ def _names(document: dict[str, Any], key: str) -> list[str]:
 
 
 _KNOWN_CODES = {
-    key: DictionaryCache[npt.NDArray[np.uint8]](max_ids=4_096) for key in ("channels", "units")
+    key: DictionaryCache[tuple[str, ...], npt.NDArray[np.uint8]](max_size=4_096)
+    for key in ("channels", "units")
 }
 """Channel and unit dictionaries already checked, with their (read-only) code tables."""
 

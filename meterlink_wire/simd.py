@@ -15,7 +15,7 @@ declines (returns None) whatever the two parsers could read differently:
 
 The exact path then decides, and names what is wrong. A property test holds the two paths equal.
 A meter dictionary that passed validation before is found again by its JSON text
-(:class:`_SpanCache`), so a gateway's 1,000 ids are not rebuilt as strings every window.
+(``_SPANS``), so a gateway's 1,000 ids are not rebuilt as strings every window.
 pysimdjson comes with the ``cloud`` extra; without it (a gateway) every message takes the exact
 path.
 """
@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from meterlink_wire.vocab import DictionaryCache
+
 try:
     import simdjson
 except ImportError:  # pragma: no cover - the cloud extra installs it
@@ -41,8 +43,6 @@ ENVELOPE = frozenset(
 )
 """Top-level keys the decoder reads besides ``rows``: only these become Python values."""
 _OPEN_BRACKET = ord("[")
-
-
 _METERS_KEY = b'"meters":['
 SPAN_CACHE_BYTES = 64 * 1024 * 1024
 """Bound on the meter dictionaries remembered by their JSON text (about 4 M meter ids)."""
@@ -61,40 +61,19 @@ class Parsed:
     """The meter dictionary's JSON text between its brackets, when it can only be that."""
 
 
-class _SpanCache:
-    """Validated meter dictionaries by their exact JSON text.
+_SPANS = DictionaryCache[bytes, tuple[str, ...]](max_size=SPAN_CACHE_BYTES)
+"""Validated meter dictionaries by their exact JSON text.
 
-    A gateway sends the same dictionary every window. Building its 1,000 strings and hashing
-    them to find it among the dictionaries already checked costs about a fifth of a decode;
-    finding its text and one bytes hash costs a few microseconds. Only dictionaries that passed
-    validation are remembered (:func:`remember_meters`): their ids hold no ``]``, so their text
-    runs exactly to the array's closing bracket, and equal text means an equal dictionary.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._known: dict[bytes, tuple[str, ...]] = {}
-        self._bytes = 0
-
-    def get(self, span: bytes) -> tuple[str, ...] | None:
-        return self._known.get(span)
-
-    def put(self, span: bytes, meters: tuple[str, ...]) -> None:
-        if span in self._known:
-            return
-        if self._bytes + len(span) > self.max_bytes:
-            self._known.clear()
-            self._bytes = 0
-        self._known[span] = meters
-        self._bytes += len(span)
-
-
-_SPANS = _SpanCache(SPAN_CACHE_BYTES)
+A gateway sends the same dictionary every window. Building its 1,000 strings and hashing them
+to find it among the dictionaries already checked costs about a fifth of a decode; finding its
+text and one bytes hash costs a few microseconds. Only dictionaries that passed validation are
+remembered (:func:`remember_meters`): their ids hold no ``]``, so their text runs exactly to the
+array's closing bracket, and equal text means an equal dictionary."""
 
 
 def remember_meters(span: bytes | None, meters: tuple[str, ...]) -> None:
     """Remember a meter dictionary that passed validation, by its text (see :class:`Parsed`)."""
-    if span is not None:
+    if span is not None and _SPANS.get(span) is None:
         _SPANS.put(span, meters)
 
 

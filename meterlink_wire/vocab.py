@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from enum import IntEnum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -198,37 +198,46 @@ def validate_event_reason(value: object) -> str:
     return _checked(value, _EVENT_REASON, "event reason", Reason.BAD_VALUE)
 
 
+class _Key(Protocol):
+    """A cache key: hashable, and sized (its length is what the cache's bound counts)."""
+
+    def __hash__(self) -> int: ...
+    def __len__(self) -> int: ...
+
+
+_K = TypeVar("_K", bound=_Key)
 _V = TypeVar("_V")
 
 
-class DictionaryCache(Generic[_V]):
-    """What checking a message dictionary (a tuple of names) gave, for dictionaries seen before.
+class DictionaryCache(Generic[_K, _V]):
+    """What checking a message dictionary gave, for dictionaries seen before.
 
     A gateway resends the same dictionaries every window, so checking them again is wasted
-    work; a lookup costs one hash per name. Bounded by the number of names held: past
-    ``max_ids`` the cache starts over.
+    work. The key is the dictionary as a tuple of names (a lookup costs one hash per name) or
+    as its JSON text (one hash of the bytes). Bounded by the total length of the keys held
+    (names, or bytes): past ``max_size`` the cache starts over.
     """
 
-    def __init__(self, max_ids: int) -> None:
-        self.max_ids = max_ids
-        self._known: dict[tuple[str, ...], _V] = {}
-        self._ids = 0
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._known: dict[_K, _V] = {}
+        self._size = 0
 
-    def get(self, values: tuple[str, ...]) -> _V | None:
-        """What checking ``values`` gave, if it was checked before."""
-        return self._known.get(values)
+    def get(self, key: _K) -> _V | None:
+        """What checking ``key`` gave, if it was checked before."""
+        return self._known.get(key)
 
-    def put(self, values: tuple[str, ...], result: _V) -> _V:
-        """Remember what checking ``values`` gave; return it."""
-        if self._ids + len(values) > self.max_ids:
+    def put(self, key: _K, result: _V) -> _V:
+        """Remember what checking ``key`` gave; return it."""
+        if self._size + len(key) > self.max_size:
             self._known.clear()
-            self._ids = 0
-        self._known[values] = result
-        self._ids += len(values)
+            self._size = 0
+        self._known[key] = result
+        self._size += len(key)
         return result
 
 
-class KnownDictionaries(DictionaryCache[tuple[str, ...]]):
+class KnownDictionaries(DictionaryCache[tuple[str, ...], tuple[str, ...]]):
     """Meter dictionaries already validated, each kept as one canonical tuple.
 
     Validating a meter dictionary is a regex over every id and a set for duplicates. Returning
