@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from itertools import repeat
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -38,7 +37,7 @@ from cloud_consumer.detect.base import (
     pack_sections,
     unpack_sections,
 )
-from cloud_consumer.detect.episodes import Alert, EpisodeTracker
+from cloud_consumer.detect.episodes import Alert, EpisodeTracker, evidence_records
 from cloud_consumer.detect.quality import QualityArray
 from cloud_consumer.detect.rules.gaps import Estimates, Interpolator
 from cloud_consumer.detect.state import (
@@ -282,28 +281,13 @@ class Engine:
         if not where.size or found.since is None:
             return []
         keys = self.table.key_of(frame.rows[where])
-        names = list(found.evidence)
-        # One tuple of evidence floats per alert (see EpisodeTracker._changes).
-        columns = [
-            np.asarray(values[where], dtype=np.float64).tolist()
-            for values in found.evidence.values()
-        ]
-        proofs = zip(*columns, strict=True) if columns else repeat((), where.size)
         return [
-            Alert(
-                meter_id,
-                channel,
-                detector.name,
-                detector.severity,
-                since,
-                until,
-                dict(zip(names, values, strict=True)),
-            )
-            for (meter_id, channel), since, until, values in zip(
+            Alert(meter_id, channel, detector.name, detector.severity, since, until, proof)
+            for (meter_id, channel), since, until, proof in zip(
                 keys,
                 found.since[where].tolist(),
                 frame.ts_ms[where].tolist(),
-                proofs,
+                evidence_records(found.evidence, where),
                 strict=True,
             )
         ]

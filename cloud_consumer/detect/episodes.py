@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Literal, NamedTuple, Protocol, get_args
@@ -28,7 +28,6 @@ import orjson
 
 from cloud_consumer.detect.state import (
     BoolArray,
-    FloatArray,
     IntArray,
     SeriesKey,
     SnapshotError,
@@ -99,12 +98,20 @@ class Alert:
         return episode_id(self.meter_id, self.channel, self.rule, self.opened_ms)
 
 
-def _gather(evidence: Mapping[str, npt.ArrayLike] | None, index: IntArray) -> dict[str, FloatArray]:
-    """Each evidence column at ``index``, as float64."""
-    return {
-        name: np.asarray(values, dtype=np.float64)[index]
-        for name, values in (evidence or {}).items()
-    }
+def evidence_records(
+    evidence: Mapping[str, npt.ArrayLike] | None, index: IntArray
+) -> Iterator[dict[str, float]]:
+    """One evidence dict of plain floats per position in ``index``, lazily, in order.
+
+    Each column is gathered and turned into Python floats once; a dict per alert is then one
+    ``zip`` (alerts can run to many thousands a batch).
+    """
+    names = list(evidence or {})
+    columns = [
+        np.asarray(values, dtype=np.float64)[index].tolist() for values in (evidence or {}).values()
+    ]
+    rows = zip(*columns, strict=True) if columns else repeat((), index.size)
+    return (dict(zip(names, values, strict=True)) for values in rows)
 
 
 def evidence_from_json(value: object) -> dict[str, float] | None:
@@ -241,7 +248,7 @@ class EpisodeTracker:
             opens[changed],
             opened_at=opened_at[changed],
             at=at[changed],
-            proof=_gather(evidence, order[changed]),
+            proofs=evidence_records(evidence, order[changed]),
         )
 
     def _update_distinct(
@@ -265,9 +272,8 @@ class EpisodeTracker:
         opened_at = np.where(opens, when, self._opened[rows])
         self._active[rows] = opens
         self._opened[rows] = np.where(opens, when, 0)
-        return self._changes(
-            keys, rows, opens, opened_at=opened_at, at=when, proof=_gather(evidence, changed)
-        )
+        proofs = evidence_records(evidence, changed)
+        return self._changes(keys, rows, opens, opened_at=opened_at, at=when, proofs=proofs)
 
     def _changes(
         self,
@@ -277,23 +283,18 @@ class EpisodeTracker:
         *,
         opened_at: IntArray,
         at: IntArray,
-        proof: Mapping[str, FloatArray],
+        proofs: Iterator[dict[str, float]],
     ) -> EpisodeChanges:
         """Alerts of the transitions at the readings given (parallel arrays, in event order).
 
-        A reading either opens an episode (``opens``; ``proof`` becomes its evidence) or resolves
-        the series' open one at ``at``. Python per transition (rare), on plain Python values.
+        A reading either opens an episode (``opens``; its ``proofs`` entry becomes the evidence)
+        or resolves the series' open one at ``at``. Python per transition, on plain values.
         """
         series = keys.key_of(rows)
-        names = list(proof)
-        columns = [values.tolist() for values in proof.values()]
-        # A tuple of evidence values per transition: dict(zip()) of it costs half a comprehension
-        # that indexes every column (~17K alerts a poll at 1M meters).
-        proofs = zip(*columns, strict=True) if columns else repeat((), rows.size)
         rule, severity = self.rule, self.severity  # Alert built inline: no call per alert
         opened: list[Alert] = []
         resolved: list[Alert] = []
-        for row_id, is_open, start, end, (meter_id, channel), values in zip(
+        for row_id, is_open, start, end, (meter_id, channel), proof in zip(
             rows.tolist(),
             opens.tolist(),
             opened_at.tolist(),
@@ -303,7 +304,7 @@ class EpisodeTracker:
             strict=True,
         ):
             if is_open:
-                found = dict(zip(names, values, strict=True))
+                found = proof
                 self._evidence[row_id] = found
                 opened.append(Alert(meter_id, channel, rule, severity, start, None, found))
             else:
