@@ -69,6 +69,7 @@ class Agent:
                 config.windows.size_s,
                 config.windows.allowed_lateness_s,
                 closed_until_ms=self.buffer.closed_until_ms,
+                registers=self.buffer.registers(),
             ),
             lane=PriorityLane(config.thresholds),
             metrics=self.metrics,

@@ -21,15 +21,18 @@ lower value, so ``100, 101, 2, 3`` gives ``1 + 0 + 1 = 2``. Readings that arrive
 change the delta; on in-order data the rule is exact. A window whose first reading is older than the
 reference (a late partial window after :meth:`WindowAggregator.close_all`) gets no reference step,
 so no advance is counted twice. A delta that overflows to infinity (absurd register values) is 0.
-Rows of other channels have ``delta`` None. The reference lives in memory only: after a restart
-the first window of each series measures from its own first reading.
+Rows of other channels have ``delta`` None. Each close reports the references it moved
+(``ClosedWindows.registers``); the pipeline stores them with the closed windows' messages, and a
+restarted agent hands them back (``registers=``), so the advance across a restart or a power cut is
+counted in the first window after it, not lost. Summed over windows, the deltas of a register that
+only goes up then equal its last reading minus its first, restarts or not.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from edge_agent.reading import Reading
 from meterlink_wire import MAX_WINDOW_S, Channel, Unit, WindowRow
@@ -47,10 +50,14 @@ class ClosedWindows:
     """Window rows closed by one call, sorted by (start_ms, meter_id, channel, unit).
 
     ``readings`` is how many readings were folded into those rows (the sum of their counts).
+    ``registers`` are the counter series' references these rows moved, (ts_ms, value) of each
+    series' newest register reading, for the pipeline to persist with the rows; bookkeeping
+    derived from the rows, so it takes no part in comparing two results.
     """
 
     rows: list[WindowRow]
     readings: int
+    registers: dict[_Series, tuple[int, float]] = field(default_factory=dict, compare=False)
 
 
 class _Window:
@@ -83,6 +90,7 @@ class WindowAggregator:
         *,
         counter_channels: Iterable[Channel] = COUNTER_CHANNELS,
         closed_until_ms: int = 0,
+        registers: Mapping[_Series, tuple[int, float]] | None = None,
     ) -> None:
         if type(window_s) is not int or not 0 <= window_s <= MAX_WINDOW_S:
             raise ValueError(f"window_s must be an int in 0..{MAX_WINDOW_S}, got {window_s!r}")
@@ -105,7 +113,7 @@ class WindowAggregator:
         self._open_readings = 0
         # Per counter series, the latest register reading emitted (ts_ms, value): the reference
         # for the series' next window. One entry per counter series the gateway has.
-        self._registers: dict[_Series, tuple[int, float]] = {}
+        self._registers: dict[_Series, tuple[int, float]] = dict(registers or {})
         self._raw: list[Reading] = []  # pass-through mode only
 
     @property
@@ -205,17 +213,20 @@ class WindowAggregator:
     def _close(self, starts: list[int]) -> ClosedWindows:
         rows: list[WindowRow] = []
         readings = 0
+        moved: dict[_Series, tuple[int, float]] = {}
         # Ascending start, so each window's reference is the register emitted just before it.
         for start in starts:
             group = self._open.pop(start)
             for key in sorted(group):
                 window = group[key]
                 readings += window.count
-                rows.append(self._row(key, start, window))
+                rows.append(self._row(key, start, window, moved))
         self._open_readings -= readings
-        return ClosedWindows(rows, readings)
+        return ClosedWindows(rows, readings, moved)
 
-    def _row(self, key: _Series, start: int, window: _Window) -> WindowRow:
+    def _row(
+        self, key: _Series, start: int, window: _Window, moved: dict[_Series, tuple[int, float]]
+    ) -> WindowRow:
         meter_id, channel, unit = key
         low, high, count = window.low, window.high, window.count
         mean = window.total / count
@@ -224,12 +235,14 @@ class WindowAggregator:
             mean = min(max(mean, low), high) if not math.isnan(mean) else low / 2 + high / 2
         delta: float | None = None
         if channel in self._counters:
-            delta = self._delta(key, window)
+            delta = self._delta(key, window, moved)
         return WindowRow(
             meter_id, channel, unit, start, count, low, high, mean, window.last, None, delta
         )
 
-    def _delta(self, key: _Series, window: _Window) -> float:
+    def _delta(
+        self, key: _Series, window: _Window, moved: dict[_Series, tuple[int, float]]
+    ) -> float:
         """Register advance of a closed window; also moves the series' reference forward."""
         delta = window.rise
         reference = self._registers.get(key)
@@ -238,5 +251,5 @@ class WindowAggregator:
             if window.first_ts >= reference_ts and window.first > reference_value:
                 delta += window.first - reference_value
         if reference is None or window.last_ts >= reference[0]:
-            self._registers[key] = (window.last_ts, window.last)
+            self._registers[key] = moved[key] = (window.last_ts, window.last)
         return delta if delta < math.inf else 0.0

@@ -5,7 +5,9 @@ to is closed (one compact row per `journal()` call, so a group commit costs one 
 **outbox** holds encoded wire messages, each with its per-gateway sequence number, until the broker
 acknowledges them. A one-row **meta** table keeps the sequence counter, the aggregation watermark
 and the reading counters; every write updates it in the same transaction, so the accounting is
-exact across crashes and restarts. See docs/edge-buffer.md for the schema, the accounting
+exact across crashes and restarts. The **registers** table keeps, per counter series, the last
+register reading already emitted, so a window's register advance (`delta`) still starts from it
+after a restart. See docs/edge-buffer.md for the schema, the accounting
 invariant, the full policies and the corruption handling.
 
 One connection, guarded by a lock, serves two threads: the pipeline thread writes (`journal`,
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import sqlite3
 import struct
@@ -25,7 +28,7 @@ import threading
 import time
 import zlib
 from array import array
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -40,11 +43,15 @@ from meterlink_wire import Channel, Kind, Unit
 
 FullPolicy = Literal["drop_oldest", "refuse_newest"]
 Synchronous = Literal["full", "normal"]
+RegisterKey = tuple[str, Channel, Unit]
+"""A counter series: (meter id, channel, unit)."""
+Registers = Mapping[RegisterKey, tuple[int, float]]
+"""Per counter series, the last register reading emitted: (ts_ms, value)."""
 
 #: `PRAGMA application_id` of a MeterLink buffer file ("MLBF"); anything else is a foreign file.
 APPLICATION_ID = 0x4D4C4246
 #: `PRAGMA user_version`: the schema version this code reads and writes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: How many moved-aside corrupt files (each with its -wal/-shm) are kept; older ones are deleted.
 KEEP_CORRUPT = 3
 #: How long a statement waits for a lock held by another connection (a diagnostic reader).
@@ -140,6 +147,16 @@ _META_INSERT = (
     f"VALUES (1, {', '.join('?' * len(_META_COLUMNS))})"
 )
 
+# Added in schema version 2 (version 1 files gain it on open).
+_REGISTERS_TABLE = """CREATE TABLE registers (
+    meter_id TEXT NOT NULL,
+    channel INTEGER NOT NULL,
+    unit INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (meter_id, channel, unit)
+) WITHOUT ROWID"""
+
 _SCHEMA = f"""
 CREATE TABLE meta (
     singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
@@ -163,7 +180,16 @@ CREATE TABLE outbox (
     payload BLOB NOT NULL
 );
 CREATE INDEX outbox_by_kind ON outbox (kind, id);
+{_REGISTERS_TABLE};
 """
+
+# The upgrade of a version N file to N + 1, run in one transaction that also sets user_version.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: (_REGISTERS_TABLE,)}
+_REGISTER_UPSERT = (
+    "INSERT INTO registers (meter_id, channel, unit, ts_ms, value) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (meter_id, channel, unit) DO UPDATE SET ts_ms = excluded.ts_ms, "
+    "value = excluded.value"
+)
 
 # Events sort before telemetry: `pending` sends them first, `_drop_oldest` drops them last.
 _KIND_CODE = {Kind.EVENTS: 0, Kind.TELEMETRY: 1}
@@ -288,7 +314,7 @@ class DurableBuffer:
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             # Check before configuring: setting WAL mode would modify a foreign file.
-            totals = self._check(conn)
+            checked = self._check(conn)
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise DurableBufferError(
@@ -297,8 +323,11 @@ class DurableBuffer:
             conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
             conn.execute("PRAGMA cell_size_check = ON")
-            if totals is None:
+            if checked is None:
                 totals = self._create_schema(conn)
+            else:
+                totals, version = checked
+                self._upgrade(conn, version)
         except _UnusableFileError as exc:
             unusable = exc
         except sqlite3.Error as exc:
@@ -324,8 +353,11 @@ class DurableBuffer:
         conn.close()
         raise unusable
 
-    def _check(self, conn: sqlite3.Connection) -> _Totals | None:
-        """Return the persisted totals of our own healthy file, None for an empty file."""
+    def _check(self, conn: sqlite3.Connection) -> tuple[_Totals, int] | None:
+        """The persisted totals and schema version of our own healthy file; None if it is empty.
+
+        The version is SCHEMA_VERSION or one that ``_MIGRATIONS`` upgrades.
+        """
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
@@ -335,7 +367,7 @@ class DurableBuffer:
             raise _UnusableFileError(
                 f"foreign_file: application_id {app_id:#x}, expected {APPLICATION_ID:#x}"
             )
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION and version not in _MIGRATIONS:
             raise _UnusableFileError(
                 f"unknown_schema_version: user_version {version}, expected {SCHEMA_VERSION}"
             )
@@ -349,7 +381,26 @@ class DurableBuffer:
             raise _UnusableFileError(f"bad_schema: {exc}") from None
         if len(rows) != 1 or not all(isinstance(v, int) and v >= 0 for v in rows[0]):
             raise _UnusableFileError(f"bad_meta: {rows[:2]!r}")
-        return _Totals(*rows[0])
+        return _Totals(*rows[0]), version
+
+    def _upgrade(self, conn: sqlite3.Connection, version: int) -> None:
+        """Bring an older file of ours to SCHEMA_VERSION in place, one version per transaction.
+
+        An agent upgrade keeps the buffer it finds: its readings and messages are still owed.
+        """
+        while version < SCHEMA_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _MIGRATIONS[version]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+                conn.execute("COMMIT")
+            except BaseException:  # disk full, I/O: the caller reports it; the file is unchanged
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            log.info("buffer schema upgraded from version %d to %d", version, version + 1)
+            version += 1
 
     def _create_schema(self, conn: sqlite3.Connection) -> _Totals:
         totals = _Totals()
@@ -526,13 +577,16 @@ class DurableBuffer:
         *,
         closed_until_ms: int | None = None,
         clear_journal: bool = False,
+        registers: Registers | None = None,
     ) -> None:
         """Store closed windows' messages, advance the watermark and trim the journal: one commit.
 
         Sequences must run `next_sequence, next_sequence + 1, ...` (ValueError otherwise); the
         counter moves past them even if the full policy refuses some. Journal chunks whose readings
         all lie before the new watermark are deleted (all chunks with `clear_journal`), and chunks
-        straddling it keep counting only their readings at or after it.
+        straddling it keep counting only their readings at or after it. `registers` are the
+        counter series' references those windows moved (see `registers()`), stored in the same
+        transaction: a restart resumes from exactly the windows committed.
         """
         with self._lock:
             totals = self._open_totals()
@@ -544,9 +598,16 @@ class DurableBuffer:
                         f"closed_until_ms {closed_until_ms} is before the watermark {watermark}"
                     )
                 watermark = closed_until_ms
-            if not messages and watermark == totals.closed_until_ms and not clear_journal:
+            stored = _register_rows(registers or {})
+            if (
+                not messages
+                and watermark == totals.closed_until_ms
+                and not clear_journal
+                and not stored
+            ):
                 return
             with self._write("commit") as cur:
+                cur.executemany(_REGISTER_UPSERT, stored)
                 new = self._fold_journal(cur, totals, watermark, clear=clear_journal)
                 new, lost = self._insert_messages(cur, new, messages)
                 new = replace(
@@ -575,6 +636,24 @@ class DurableBuffer:
             self._totals = new
             self._note_full("dropped", freed.readings, new)
             return freed.readings
+
+    def registers(self) -> dict[RegisterKey, tuple[int, float]]:
+        """Per counter series, the last register reading of the windows committed: (ts_ms, value).
+
+        What the aggregator measures the next window's advance from after a restart. A row whose
+        channel or unit code this version does not know is skipped.
+        """
+        with self._lock:
+            self._open_totals()
+            with self._read("registers") as conn:
+                rows = conn.execute(
+                    "SELECT meter_id, channel, unit, ts_ms, value FROM registers"
+                ).fetchall()
+        found: dict[RegisterKey, tuple[int, float]] = {}
+        for meter_id, channel, unit, ts_ms, value in rows:
+            if channel in _CHANNEL_CODES and unit in _UNIT_CODES:
+                found[meter_id, Channel(channel), Unit(unit)] = (ts_ms, float(value))
+        return found
 
     # -- the publisher thread's side -------------------------------------------------------------
 
@@ -1012,6 +1091,19 @@ def _astuple(totals: _Totals) -> tuple[int, ...]:
 def _primary_code(exc: sqlite3.Error) -> int | None:
     code = getattr(exc, "sqlite_errorcode", None)
     return None if code is None else int(code) & 0xFF
+
+
+_CHANNEL_CODES = frozenset(int(c) for c in Channel)
+_UNIT_CODES = frozenset(int(u) for u in Unit)
+
+
+def _register_rows(registers: Registers) -> list[tuple[str, int, int, int, float]]:
+    """Rows for the registers table; a non-finite value (never a real reference) is left out."""
+    return [
+        (meter_id, int(channel), int(unit), ts_ms, value)
+        for (meter_id, channel, unit), (ts_ms, value) in registers.items()
+        if math.isfinite(value)
+    ]
 
 
 def _translate(what: str, exc: sqlite3.Error) -> DurableBufferError:

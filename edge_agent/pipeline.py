@@ -4,8 +4,8 @@ Sources hand over batches through `submit` (the `Intake` they know). The pipelin
 each batch durable in one journal transaction (a group commit) before it calls the sources'
 `on_durable` callbacks, so nothing is acknowledged to a source before it is on disk. Closed
 windows are encoded into wire messages and committed to the outbox together with the new
-watermark, so the journal rows they came from go in the same transaction. Priority events skip
-the windows and go to the outbox at once.
+watermark and the counter registers they advanced, so the journal rows they came from go in the
+same transaction. Priority events skip the windows and go to the outbox at once.
 
 Accounting, exact at every moment (tests assert it):
     readings in = rejected + late + refused/dropped by the full policy
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from edge_agent.aggregate import ClosedWindows, WindowAggregator
-from edge_agent.buffer import DurableBuffer, OutboxMessage
+from edge_agent.buffer import DurableBuffer, OutboxMessage, Registers
 from edge_agent.errors import DurableBufferError
 from edge_agent.metrics import AgentMetrics
 from edge_agent.priority import PriorityLane
@@ -144,7 +144,13 @@ class Pipeline:
         """Ingest what is left, then close every open window now (partial windows)."""
         self.drain()
         closed = self._aggregator.close_all()
-        self._commit_rows(closed.rows, Kind.TELEMETRY, closed.readings, clear_journal=True)
+        self._commit_rows(
+            closed.rows,
+            Kind.TELEMETRY,
+            closed.readings,
+            clear_journal=True,
+            registers=closed.registers,
+        )
 
     @property
     def open_readings(self) -> int:
@@ -231,6 +237,7 @@ class Pipeline:
                 closed.readings,
                 watermark=watermark,
                 clear_journal=self._aggregator.open_readings == 0,
+                registers=closed.registers,
             )
 
     def _commit_rows(
@@ -241,6 +248,7 @@ class Pipeline:
         *,
         watermark: int | None = None,
         clear_journal: bool = False,
+        registers: Registers | None = None,
     ) -> None:
         messages = self._encode(rows, kind) if rows else []
         if kind is Kind.TELEMETRY and messages:
@@ -248,7 +256,9 @@ class Pipeline:
             total = sum(m.readings for m in messages)
             if total != readings:
                 log.error("accounting_mismatch rows_count=%d readings=%d", total, readings)
-        self._buffer.commit(messages, closed_until_ms=watermark, clear_journal=clear_journal)
+        self._buffer.commit(
+            messages, closed_until_ms=watermark, clear_journal=clear_journal, registers=registers
+        )
         if kind is Kind.TELEMETRY and rows:
             self._metrics.windows_closed.inc(len(rows))
         self._export_buffer_drops()

@@ -147,6 +147,51 @@ def test_agent_sigkilled_repeatedly_loses_no_acknowledged_reading(
     assert total == stats.delivered_readings == 6000  # type: ignore[attr-defined]
 
 
+def test_register_advance_is_kept_across_sigkill_and_restarts(
+    private_stack: LocalStack, tmp_path
+) -> None:
+    """Energy registers that only rise: per meter, the deltas delivered add up to the register's
+    whole advance (last - first), though the agent is SIGKILLed once and restarted twice."""
+    gw = "gw-e2e-registers"
+    config = agent_config(private_stack, tmp_path / "agent", gw, window_s=1)
+    reader = StreamReader(private_stack.kinesis(), private_stack.info.stream)
+    agent = AgentProcess(config)
+    meters, steps, step = 5, 10, 0
+    for round_ in range(3):
+        agent.start()
+        feeder = Feeder(agent.socket_path)
+        start = time.time()
+        feeder.send(
+            [
+                {
+                    "meter": f"m-{m:04d}",
+                    "channel": "energy_import",
+                    "unit": "kWh",
+                    "value": 1000.0 + 100 * m + 0.25 * (step + i),
+                    "ts": start + 0.1 * i,
+                }
+                for i in range(steps)
+                for m in range(meters)
+            ]
+        )
+        step += steps
+        feeder.wait_acked(meters * steps)
+        feeder.close()
+        time.sleep(1.5)  # some windows close and are committed, the newest are still open
+        if round_ == 0:
+            agent.kill()
+        else:
+            assert agent.terminate() == 0
+    seen = wait_delivered(reader, gw, 3 * meters * steps)
+    advance: dict[str, float] = {}
+    for batch in seen.values():
+        assert batch.delta is not None
+        for index, delta in zip(batch.meter.tolist(), batch.delta.tolist(), strict=True):
+            advance[batch.meters[index]] = advance.get(batch.meters[index], 0.0) + delta
+    assert sum(int(b.count.sum()) for b in seen.values()) == 3 * meters * steps
+    assert advance == {f"m-{m:04d}": 0.25 * (3 * steps - 1) for m in range(meters)}
+
+
 def test_corrupt_buffer_is_moved_aside_and_agent_runs(local_stack: LocalStack, tmp_path) -> None:
     gw = "gw-e2e-corrupt"
     config = agent_config(local_stack, tmp_path / "agent", gw, window_s=1)

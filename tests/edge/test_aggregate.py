@@ -291,6 +291,52 @@ def test_late_partial_window_counts_no_advance_twice():
     assert [r.delta for r in agg.close_all().rows] == [0.0]
 
 
+# --- register references across a restart ----------------------------------------------------
+
+
+def test_a_close_reports_the_references_it_moved():
+    agg = WindowAggregator(60, 0)
+    agg.add([energy(T0, 10.0), energy(T0 + 5_000, 10.5), power(T0 + 6_000, 3.0)])
+    agg.add([energy(T0 + 2_000, 9.0, meter="m2"), energy(T0 + W + 1_000, 12.0)])
+    first = agg.close_due(T0 + W)
+    assert first.registers == {
+        ("m1", E, KWH): (T0 + 5_000, 10.5),
+        ("m2", E, KWH): (T0 + 2_000, 9.0),
+    }
+    second = agg.close_all()
+    assert second.registers == {("m1", E, KWH): (T0 + W + 1_000, 12.0)}
+    assert agg.close_all().registers == {}
+    # A late partial window older than the reference moves nothing back.
+    assert agg.add([energy(T0 + W + 500, 11.0)]) == 0
+    late = agg.close_all()
+    assert [r.delta for r in late.rows] == [0.0]
+    assert late.registers == {}
+
+
+def test_references_given_back_carry_the_advance_across_a_restart():
+    before = WindowAggregator(60, 0)
+    before.add([energy(T0, 100.0), energy(T0 + 30_000, 101.0)])
+    closed = before.close_all()
+    assert [r.delta for r in closed.rows] == [1.0]
+    # The agent stops; the register runs on (2.5 kWh) while it is down.
+    restarted = WindowAggregator(
+        60, 0, closed_until_ms=before.closed_until_ms, registers=closed.registers
+    )
+    restarted.add([energy(T0 + 5 * W, 103.5), energy(T0 + 5 * W + 30_000, 104.0)])
+    assert only(restarted.close_all()).delta == 3.0  # 101 -> 103.5 -> 104
+    forgetful = WindowAggregator(60, 0, closed_until_ms=before.closed_until_ms)
+    forgetful.add([energy(T0 + 5 * W, 103.5), energy(T0 + 5 * W + 30_000, 104.0)])
+    assert only(forgetful.close_all()).delta == 0.5  # what the agent did before it kept them
+
+
+def test_the_aggregator_keeps_its_own_copy_of_the_references():
+    given = {("m1", E, KWH): (T0, 1.0)}
+    agg = WindowAggregator(60, 0, registers=given)
+    agg.add([energy(T0 + W, 2.0)])
+    assert only(agg.close_all()).delta == 1.0
+    assert given == {("m1", E, KWH): (T0, 1.0)}
+
+
 # --- a register that goes down --------------------------------------------------------------
 
 
@@ -483,3 +529,34 @@ def test_delta_sums_the_rises_of_an_in_order_register(steps, start, every_ms):
     total = deltas(WindowAggregator(60, 0), register, every_ms)
     rises = math.fsum(max(0.0, b - a) for a, b in itertools.pairwise(register))
     assert math.isclose(total, rises, rel_tol=1e-9, abs_tol=1e-6)
+
+
+@SETTINGS
+@given(
+    steps=st.lists(
+        st.floats(min_value=0.0, max_value=1e6, allow_subnormal=False), min_size=1, max_size=60
+    ),
+    restarts=st.lists(st.integers(1, 59), max_size=5),
+    gaps=st.lists(st.integers(1, 3 * W), min_size=60, max_size=60),
+)
+def test_deltas_sum_to_the_register_advance_whatever_the_restarts(steps, restarts, gaps):
+    """A register that only goes up: the deltas of every window, over any number of agent
+    restarts (each flushing its partial windows, as SIGTERM does), add up to last - first."""
+    register, ts, readings = 5_000.0, T0, []
+    for step, gap in zip(steps, gaps, strict=False):
+        register += step
+        ts += gap
+        readings.append(energy(ts, register))
+    cuts = sorted({c for c in restarts if c < len(readings)})
+    total = 0.0
+    watermark, references = 0, {}
+    for lo, hi in itertools.pairwise([0, *cuts, len(readings)]):
+        agg = WindowAggregator(60, 0, closed_until_ms=watermark, registers=references)
+        assert agg.add(readings[lo:hi]) == 0
+        closed = agg.close_due(readings[hi - 1].ts_ms)
+        flushed = agg.close_all()
+        total += math.fsum(r.delta for r in closed.rows + flushed.rows if r.delta is not None)
+        references = {**references, **closed.registers, **flushed.registers}
+        watermark = agg.closed_until_ms
+    advance = readings[-1].value - readings[0].value
+    assert math.isclose(total, advance, rel_tol=1e-9, abs_tol=1e-6)

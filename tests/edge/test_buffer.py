@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import sqlite3
@@ -15,6 +16,7 @@ import pytest
 
 from edge_agent.buffer import (
     APPLICATION_ID,
+    SCHEMA_VERSION,
     BufferEvent,
     BufferStats,
     DurableBuffer,
@@ -166,6 +168,73 @@ def test_sequence_watermark_messages_and_journal_survive_reopen(path: Path) -> N
         )
         assert s.journaled_readings == 10
         assert s.journal_bytes == chunk_bytes(late)
+
+
+ENERGY = ("elec-000001", Channel.ENERGY_IMPORT, Unit.KWH)
+VOLUME = ("water-17", Channel.VOLUME, Unit.M3)
+
+
+def test_registers_are_stored_with_the_commit_and_survive_reopen(path: Path) -> None:
+    with open_buffer(path) as buf:
+        assert buf.registers() == {}
+        buf.commit(
+            [telemetry(0, 10, 0)],
+            closed_until_ms=60_000,
+            registers={ENERGY: (59_000, 1523.25), VOLUME: (58_000, 17.5)},
+        )
+        buf.commit(
+            [],
+            closed_until_ms=120_000,
+            registers={
+                ENERGY: (119_000, 1524.0),
+                ("m-x", Channel.ENERGY_EXPORT, Unit.WH): (1, 2.0),
+            },
+        )
+    with open_buffer(path) as buf:
+        assert buf.registers() == {
+            ENERGY: (119_000, 1524.0),
+            VOLUME: (58_000, 17.5),
+            ("m-x", Channel.ENERGY_EXPORT, Unit.WH): (1, 2.0),
+        }
+        assert (buf.next_sequence, buf.closed_until_ms) == (1, 120_000)
+        # References alone (no message, watermark unchanged) are still written; a non-finite
+        # value is never a reference and is left out.
+        buf.commit([], registers={VOLUME: (61_000, 18.0), ("m-y", *ENERGY[1:]): (1, math.nan)})
+        assert buf.registers()[VOLUME] == (61_000, 18.0)
+        assert ("m-y", *ENERGY[1:]) not in buf.registers()
+        assert_consistent(buf)
+
+
+def test_registers_are_not_written_by_a_refused_commit(path: Path) -> None:
+    with open_buffer(path) as buf:
+        buf.commit([telemetry(0, 10, 0)], registers={ENERGY: (1_000, 5.0)})
+        with pytest.raises(ValueError, match="sequence"):
+            buf.commit([telemetry(5, 10, 0)], registers={ENERGY: (2_000, 6.0)})
+        assert buf.registers() == {ENERGY: (1_000, 5.0)}
+
+
+def test_a_version_1_buffer_is_upgraded_in_place_and_keeps_everything(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with open_buffer(path) as buf:
+        close_window(buf, 1000, [40, 50], 3)
+        assert buf.journal(readings(4, 2000)) == 4
+        before = (buf.pending(10), buf.journaled(), counters(buf), buf.next_sequence)
+    with closing(sqlite3.connect(path)) as conn:  # what the previous agent version wrote
+        conn.execute("DROP TABLE registers")
+        conn.execute("PRAGMA user_version = 1")
+    caplog.set_level(logging.INFO, logger="edge_agent.buffer")
+    with open_buffer(path) as buf:
+        assert buf.recovered_from is None
+        assert corrupt_records(caplog) == []
+        assert (buf.pending(10), buf.journaled(), counters(buf), buf.next_sequence) == before
+        assert buf.registers() == {}
+        buf.commit([], registers={ENERGY: (2_000, 7.0)})
+    assert "buffer schema upgraded from version 1 to 2" in caplog.messages
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    with open_buffer(path) as buf:
+        assert buf.registers() == {ENERGY: (2_000, 7.0)}
 
 
 def test_commit_rejects_a_sequence_gap_or_reuse(path: Path) -> None:
@@ -535,10 +604,10 @@ def test_an_unknown_schema_version_is_moved_aside(
     with open_buffer(path) as buf:
         buf.commit([telemetry(0, 10, 0)])
     with closing(sqlite3.connect(path)) as conn:
-        conn.execute("PRAGMA user_version = 2")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     buf = open_buffer(path)
     assert buf.recovered_from == moved_aside(path)
-    reason = "unknown_schema_version: user_version 2, expected 1"
+    reason = f"unknown_schema_version: user_version {SCHEMA_VERSION + 1}, expected 2"
     assert corrupt_records(caplog) == [("ERROR", corrupt_message(path, reason), reason)]
     assert_fresh_and_working(path, buf)
 
