@@ -43,6 +43,8 @@ COUNTER_CHANNELS: frozenset[Channel] = frozenset(
 """Channels whose value is a cumulative register, so a window reports its advance (``delta``)."""
 
 _Series = tuple[str, Channel, Unit]
+MIN_STEP_BACK_MS = 15 * 60 * 1000
+"""The least a watermark must be ahead of the clock before :meth:`~WindowAggregator.rewind`."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,12 @@ class WindowAggregator:
     across the restart), the window straddling it takes the readings at or after it and closes
     when it is due, so nothing is counted twice or dropped early. In pass-through mode nothing is
     ever late and ``close_due`` returns every reading held.
+
+    The watermark follows the gateway's clock, so a clock that ran ahead and was then put right
+    (a bad RTC, a wrong NTP server) would leave it in the future, and every reading late until
+    the clock caught up. :meth:`clock_went_back` tells when it is more than ``max_step_back_ms``
+    ahead of the clock (default: two windows, at least 15 minutes; small NTP steps stay below
+    it), and :meth:`rewind` then brings it back to the clock.
     """
 
     def __init__(
@@ -91,6 +99,7 @@ class WindowAggregator:
         counter_channels: Iterable[Channel] = COUNTER_CHANNELS,
         closed_until_ms: int = 0,
         registers: Mapping[_Series, tuple[int, float]] | None = None,
+        max_step_back_ms: int | None = None,
     ) -> None:
         if type(window_s) is not int or not 0 <= window_s <= MAX_WINDOW_S:
             raise ValueError(f"window_s must be an int in 0..{MAX_WINDOW_S}, got {window_s!r}")
@@ -106,6 +115,11 @@ class WindowAggregator:
         if type(closed_until_ms) is not int or closed_until_ms < 0:
             raise ValueError(f"closed_until_ms must be an int >= 0, got {closed_until_ms!r}")
         self._lateness_ms = round(allowed_lateness_s * 1000)
+        if max_step_back_ms is None:
+            max_step_back_ms = max(2 * self._window_ms, MIN_STEP_BACK_MS)
+        if type(max_step_back_ms) is not int or max_step_back_ms < 0:
+            raise ValueError(f"max_step_back_ms must be an int >= 0, got {max_step_back_ms!r}")
+        self._max_step_back_ms = max_step_back_ms
         self._counters = frozenset(counter_channels)
         self._closed_until_ms = closed_until_ms
         # Open windows grouped by start, so closing pops whole groups and never scans the rest.
@@ -185,7 +199,7 @@ class WindowAggregator:
         """
         if not self._window_ms:
             return self._flush_raw()
-        boundary = (now_ms - self._lateness_ms) // self._window_ms * self._window_ms
+        boundary = self._boundary(now_ms)
         self._closed_until_ms = max(self._closed_until_ms, boundary)
         # start < boundary is start + window + lateness <= now_ms: boundaries are aligned.
         return self._close(sorted(start for start in self._open if start < boundary))
@@ -200,6 +214,38 @@ class WindowAggregator:
         if not self._window_ms:
             return self._flush_raw()
         return self._close(sorted(self._open))
+
+    def clock_went_back(self, now_ms: int) -> bool:
+        """Whether the watermark is more than ``max_step_back_ms`` ahead of the clock's boundary.
+
+        Then the clock was set back (or was ahead before): readings for the time between are
+        all late, though no window of theirs was ever emitted. Never in pass-through mode.
+        """
+        if not self._window_ms:
+            return False
+        return self._closed_until_ms - self._boundary(now_ms) > self._max_step_back_ms
+
+    def rewind(self, now_ms: int) -> ClosedWindows:
+        """Emit every open window (as :meth:`close_all`), then move the watermark back to the clock.
+
+        Nothing already emitted is counted again: the windows go out first, so whatever arrives
+        afterwards for the same window makes another partial row, which the consumer merges by
+        count. Register references stamped after the new watermark keep their value with the
+        time set just before it, so the next windows still measure their advance from them.
+        """
+        closed = self.close_all()
+        if not self._window_ms:
+            return closed
+        boundary = self._boundary(now_ms)
+        self._closed_until_ms = min(self._closed_until_ms, boundary)
+        for key, (ts_ms, value) in self._registers.items():
+            if ts_ms >= boundary:
+                self._registers[key] = closed.registers[key] = (boundary - 1, value)
+        return closed
+
+    def _boundary(self, now_ms: int) -> int:
+        """The watermark the clock gives: the start of the newest window whose time is up."""
+        return (now_ms - self._lateness_ms) // self._window_ms * self._window_ms
 
     def _flush_raw(self) -> ClosedWindows:
         raw = sorted(self._raw, key=lambda r: (r.ts_ms, r.meter_id, r.channel, r.unit))

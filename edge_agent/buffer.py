@@ -578,6 +578,7 @@ class DurableBuffer:
         closed_until_ms: int | None = None,
         clear_journal: bool = False,
         registers: Registers | None = None,
+        rewind: bool = False,
     ) -> None:
         """Store closed windows' messages, advance the watermark and trim the journal: one commit.
 
@@ -587,13 +588,17 @@ class DurableBuffer:
         straddling it keep counting only their readings at or after it. `registers` are the
         counter series' references those windows moved (see `registers()`), stored in the same
         transaction: a restart resumes from exactly the windows committed.
+
+        The watermark never moves back (ValueError), except with `rewind` and `clear_journal`
+        together: the aggregator emitted every open window and the clock was set back, and with
+        the journal emptied in the same transaction no reading can be returned twice.
         """
         with self._lock:
             totals = self._open_totals()
             _check_messages(messages, totals.next_sequence)
             watermark = totals.closed_until_ms
             if closed_until_ms is not None:
-                if closed_until_ms < watermark:
+                if closed_until_ms < watermark and not (rewind and clear_journal):
                     raise ValueError(
                         f"closed_until_ms {closed_until_ms} is before the watermark {watermark}"
                     )

@@ -55,6 +55,12 @@ class AgentMetrics:
             namespace=_NS,
             registry=r,
         )
+        self.clock_rewinds = Counter(
+            "clock_rewinds",
+            "Times the gateway clock was found set back past the watermark, which moved back.",
+            namespace=_NS,
+            registry=r,
+        )
         self.windows_closed = Counter(
             "windows_closed",
             "Window rows closed and made durable.",

@@ -124,6 +124,9 @@ class Pipeline:
         if self._refusing:
             self._refusing = self._buffer.used_bytes >= self._buffer_max_bytes
         items = self._drain(timeout_s)
+        now_ms = int(self._clock() * 1000)
+        if self._aggregator.clock_went_back(now_ms):
+            self._rewind(now_ms)  # before the readings, so those of the time between count
         ingested = self._ingest(items) if items else 0
         self._close(self._aggregator.close_due(int(self._clock() * 1000)))
         return ingested
@@ -150,6 +153,33 @@ class Pipeline:
             closed.readings,
             clear_journal=True,
             registers=closed.registers,
+        )
+
+    def _rewind(self, now_ms: int) -> None:
+        """The clock was set back: emit the open windows and move the watermark back with it.
+
+        Otherwise every reading until the clock caught up with the old watermark would be late
+        and dropped (a clock that ran a year ahead: a year of readings). One transaction empties
+        the journal with it, so nothing is counted twice.
+        """
+        was = self._aggregator.closed_until_ms
+        closed = self._aggregator.rewind(now_ms)
+        log.error(
+            "clock_went_back watermark_ms=%d now_ms=%d rewound_to_ms=%d windows_emitted=%d",
+            was,
+            now_ms,
+            self._aggregator.closed_until_ms,
+            len(closed.rows),
+        )
+        self._metrics.clock_rewinds.inc()
+        self._commit_rows(
+            closed.rows,
+            Kind.TELEMETRY,
+            closed.readings,
+            watermark=self._aggregator.closed_until_ms,
+            clear_journal=True,
+            registers=closed.registers,
+            rewind=True,
         )
 
     @property
@@ -249,6 +279,7 @@ class Pipeline:
         watermark: int | None = None,
         clear_journal: bool = False,
         registers: Registers | None = None,
+        rewind: bool = False,
     ) -> None:
         messages = self._encode(rows, kind) if rows else []
         if kind is Kind.TELEMETRY and messages:
@@ -257,7 +288,11 @@ class Pipeline:
             if total != readings:
                 log.error("accounting_mismatch rows_count=%d readings=%d", total, readings)
         self._buffer.commit(
-            messages, closed_until_ms=watermark, clear_journal=clear_journal, registers=registers
+            messages,
+            closed_until_ms=watermark,
+            clear_journal=clear_journal,
+            registers=registers,
+            rewind=rewind,
         )
         if kind is Kind.TELEMETRY and rows:
             self._metrics.windows_closed.inc(len(rows))

@@ -337,6 +337,48 @@ def test_the_aggregator_keeps_its_own_copy_of_the_references():
     assert given == {("m1", E, KWH): (T0, 1.0)}
 
 
+# --- a clock set back ---------------------------------------------------------------------------
+
+
+def test_clock_went_back_only_past_two_windows_or_fifteen_minutes():
+    agg = WindowAggregator(60, 0, closed_until_ms=T0)
+    assert not agg.clock_went_back(T0 - 15 * W)  # the boundary 15 min back: at the floor
+    assert agg.clock_went_back(T0 - 15 * W - 1)
+    hourly = WindowAggregator(3600, 0, closed_until_ms=T0)
+    assert not hourly.clock_went_back(T0 - 2 * 3_600_000)
+    assert hourly.clock_went_back(T0 - 2 * 3_600_000 - 1)
+    assert WindowAggregator(60, 0, closed_until_ms=T0, max_step_back_ms=0).clock_went_back(T0 - 1)
+    assert not WindowAggregator(0, 0, closed_until_ms=T0).clock_went_back(0)  # pass-through
+
+
+def test_rewind_emits_open_windows_then_moves_the_watermark_back():
+    agg = WindowAggregator(60, 0, closed_until_ms=T0 + 10 * W, registers={("m2", E, KWH): (1, 9.0)})
+    agg.add([energy(T0 + 10 * W + 1_000, 7.0), power(T0 + 10 * W + 2_000, 1.5)])
+    closed = agg.rewind(T0 + 30_000)
+    assert closed == ClosedWindows(
+        [
+            WindowRow("m1", E, KWH, T0 + 10 * W, 1, 7.0, 7.0, 7.0, 7.0, None, 0.0),
+            WindowRow("m1", P, KW, T0 + 10 * W, 1, 1.5, 1.5, 1.5, 1.5, None, None),
+        ],
+        2,
+    )
+    # The reference stamped after the new watermark keeps its value, just before it in time;
+    # the older one is left alone.
+    assert closed.registers == {("m1", E, KWH): (T0 - 1, 7.0)}
+    assert (agg.closed_until_ms, agg.open_readings) == (T0, 0)
+    assert agg.add([energy(T0 + 5_000, 7.5)]) == 0  # no longer late
+    assert only(agg.close_due(T0 + W)).delta == 0.5
+    # Never forwards: a rewind to a clock ahead of the watermark only emits the windows.
+    assert agg.rewind(T0 + 100 * W).rows == []
+    assert agg.closed_until_ms == T0 + W
+
+
+def test_max_step_back_must_be_a_non_negative_int():
+    for bad in (-1, 1.5, "60"):
+        with pytest.raises(ValueError, match="max_step_back_ms must be an int >= 0"):
+            WindowAggregator(60, 0, max_step_back_ms=bad)  # type: ignore[arg-type]
+
+
 # --- a register that goes down --------------------------------------------------------------
 
 

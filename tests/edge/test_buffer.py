@@ -266,6 +266,23 @@ def test_commit_rejects_a_watermark_going_back_and_bad_messages(path: Path) -> N
         assert (buf.closed_until_ms, buf.next_sequence) == (5000, 0)
 
 
+def test_a_rewind_moves_the_watermark_back_only_with_the_journal_emptied(path: Path) -> None:
+    with open_buffer(path) as buf:
+        close_window(buf, 1000, [40], 3)
+        assert buf.journal(readings(4, 9000)) == 4
+        with pytest.raises(ValueError, match="is before the watermark 1003"):
+            buf.commit([], closed_until_ms=500, rewind=True)  # the journal would stay
+        with pytest.raises(ValueError, match="is before the watermark 1003"):
+            buf.commit([], closed_until_ms=500, clear_journal=True)  # not asked to rewind
+        buf.commit([telemetry(1, 30, 4)], closed_until_ms=500, clear_journal=True, rewind=True)
+        assert (buf.closed_until_ms, buf.journaled()) == (500, [])
+        assert buf.journal(readings(2, 600)) == 2  # the time between is open again
+        s = assert_consistent(buf)
+        assert (s.outbox_readings, s.journal_readings, s.journaled_readings) == (7, 2, 9)
+    with open_buffer(path) as buf:
+        assert buf.closed_until_ms == 500
+
+
 def test_journal_rejects_readings_before_the_watermark(path: Path) -> None:
     with open_buffer(path) as buf:
         buf.commit([], closed_until_ms=1000)
