@@ -43,8 +43,8 @@ COUNTER_CHANNELS: frozenset[Channel] = frozenset(
 """Channels whose value is a cumulative register, so a window reports its advance (``delta``)."""
 
 _Series = tuple[str, Channel, Unit]
-MIN_STEP_BACK_MS = 15 * 60 * 1000
-"""The least a watermark must be ahead of the clock before :meth:`~WindowAggregator.rewind`."""
+MIN_CLOCK_TOLERANCE_MS = 15 * 60 * 1000
+"""The least disagreement between the clock and the data that the aggregator acts on."""
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,17 @@ class WindowAggregator:
     when it is due, so nothing is counted twice or dropped early. In pass-through mode nothing is
     ever late and ``close_due`` returns every reading held.
 
-    The watermark follows the gateway's clock, so a clock that ran ahead and was then put right
-    (a bad RTC, a wrong NTP server) would leave it in the future, and every reading late until
-    the clock caught up. :meth:`clock_went_back` tells when it is more than ``max_step_back_ms``
-    ahead of the clock (default: two windows, at least 15 minutes; small NTP steps stay below
-    it), and :meth:`rewind` then brings it back to the clock.
+    Windows close by the gateway's clock, which can disagree with the data beyond what
+    ``clock_tolerance_ms`` allows (default: two windows, at least 15 minutes; NTP's small steps
+    and meters' drift stay below it):
+
+    - a clock that ran ahead and was then put right (a bad RTC, a wrong NTP server) leaves the
+      watermark in the future, every reading late until the clock caught up:
+      :meth:`clock_went_back` tells, and :meth:`rewind` brings the watermark back to the clock;
+    - a reading stamped further ahead of the clock than that (a meter's clock, or the gateway's
+      own clock behind after a power cut without an RTC) would hold its window, and the journal
+      chunk it came in, open until the clock got there: :meth:`ahead_limit` is where that
+      starts, and the pipeline sends such readings at once as raw rows instead of windowing them.
     """
 
     def __init__(
@@ -99,7 +105,7 @@ class WindowAggregator:
         counter_channels: Iterable[Channel] = COUNTER_CHANNELS,
         closed_until_ms: int = 0,
         registers: Mapping[_Series, tuple[int, float]] | None = None,
-        max_step_back_ms: int | None = None,
+        clock_tolerance_ms: int | None = None,
     ) -> None:
         if type(window_s) is not int or not 0 <= window_s <= MAX_WINDOW_S:
             raise ValueError(f"window_s must be an int in 0..{MAX_WINDOW_S}, got {window_s!r}")
@@ -115,11 +121,11 @@ class WindowAggregator:
         if type(closed_until_ms) is not int or closed_until_ms < 0:
             raise ValueError(f"closed_until_ms must be an int >= 0, got {closed_until_ms!r}")
         self._lateness_ms = round(allowed_lateness_s * 1000)
-        if max_step_back_ms is None:
-            max_step_back_ms = max(2 * self._window_ms, MIN_STEP_BACK_MS)
-        if type(max_step_back_ms) is not int or max_step_back_ms < 0:
-            raise ValueError(f"max_step_back_ms must be an int >= 0, got {max_step_back_ms!r}")
-        self._max_step_back_ms = max_step_back_ms
+        if clock_tolerance_ms is None:
+            clock_tolerance_ms = max(2 * self._window_ms, MIN_CLOCK_TOLERANCE_MS)
+        if type(clock_tolerance_ms) is not int or clock_tolerance_ms < 0:
+            raise ValueError(f"clock_tolerance_ms must be an int >= 0, got {clock_tolerance_ms!r}")
+        self._clock_tolerance_ms = clock_tolerance_ms
         self._counters = frozenset(counter_channels)
         self._closed_until_ms = closed_until_ms
         # Open windows grouped by start, so closing pops whole groups and never scans the rest.
@@ -216,14 +222,21 @@ class WindowAggregator:
         return self._close(sorted(self._open))
 
     def clock_went_back(self, now_ms: int) -> bool:
-        """Whether the watermark is more than ``max_step_back_ms`` ahead of the clock's boundary.
+        """Whether the watermark is more than ``clock_tolerance_ms`` ahead of the clock's boundary.
 
         Then the clock was set back (or was ahead before): readings for the time between are
         all late, though no window of theirs was ever emitted. Never in pass-through mode.
         """
         if not self._window_ms:
             return False
-        return self._closed_until_ms - self._boundary(now_ms) > self._max_step_back_ms
+        return self._closed_until_ms - self._boundary(now_ms) > self._clock_tolerance_ms
+
+    def ahead_limit(self, now_ms: int) -> int | None:
+        """The timestamp from which a reading is too far ahead of the clock to be windowed.
+
+        ``now_ms + clock_tolerance_ms``; None in pass-through mode, where nothing waits.
+        """
+        return now_ms + self._clock_tolerance_ms if self._window_ms else None
 
     def rewind(self, now_ms: int) -> ClosedWindows:
         """Emit every open window (as :meth:`close_all`), then move the watermark back to the clock.

@@ -579,6 +579,7 @@ class DurableBuffer:
         clear_journal: bool = False,
         registers: Registers | None = None,
         rewind: bool = False,
+        unjournaled: int = 0,
     ) -> None:
         """Store closed windows' messages, advance the watermark and trim the journal: one commit.
 
@@ -592,10 +593,17 @@ class DurableBuffer:
         The watermark never moves back (ValueError), except with `rewind` and `clear_journal`
         together: the aggregator emitted every open window and the clock was set back, and with
         the journal emptied in the same transaction no reading can be returned twice.
+
+        `unjournaled` readings of the messages came straight in, not through the journal (the
+        agent sends readings stamped far ahead of its clock at once): they are counted as
+        journaled in the same transaction, so the accounting invariant still holds.
         """
         with self._lock:
             totals = self._open_totals()
             _check_messages(messages, totals.next_sequence)
+            carried = sum(m.readings for m in messages)
+            if not 0 <= unjournaled <= carried:
+                raise ValueError(f"unjournaled must be in 0..{carried} (the messages' readings)")
             watermark = totals.closed_until_ms
             if closed_until_ms is not None:
                 if closed_until_ms < watermark and not (rewind and clear_journal):
@@ -619,6 +627,7 @@ class DurableBuffer:
                     new,
                     closed_until_ms=watermark,
                     next_sequence=totals.next_sequence + len(messages),
+                    journaled_readings=new.journaled_readings + unjournaled,
                 )
                 self._store(cur, new)
             self._totals = new

@@ -55,6 +55,12 @@ class AgentMetrics:
             namespace=_NS,
             registry=r,
         )
+        self.readings_ahead = Counter(
+            "readings_ahead",
+            "Readings stamped too far ahead of the gateway clock, sent at once as raw rows.",
+            namespace=_NS,
+            registry=r,
+        )
         self.clock_rewinds = Counter(
             "clock_rewinds",
             "Times the gateway clock was found set back past the watermark, which moved back.",

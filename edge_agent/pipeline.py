@@ -7,6 +7,9 @@ windows are encoded into wire messages and committed to the outbox together with
 watermark and the counter registers they advanced, so the journal rows they came from go in the
 same transaction. Priority events skip the windows and go to the outbox at once.
 
+Readings stamped too far ahead of the clock skip the windows and go to the outbox at once, as
+raw rows (see `WindowAggregator.ahead_limit`).
+
 Accounting, exact at every moment (tests assert it):
     readings in = rejected + late + refused/dropped by the full policy
                   + open in windows + in the outbox + delivered
@@ -209,12 +212,22 @@ class Pipeline:
         for item in items:
             readings.extend(item.readings)
         watermark = self._aggregator.closed_until_ms
-        fresh = [r for r in readings if r.ts_ms >= watermark] if watermark else readings
-        late = len(readings) - len(fresh)
+        limit = self._aggregator.ahead_limit(int(self._clock() * 1000))
+        ahead: list[Reading] = []
+        if limit is None:  # pass-through: nothing waits for the clock
+            fresh = [r for r in readings if r.ts_ms >= watermark] if watermark else readings
+        else:
+            # One pass in the usual case; readings late or ahead are sorted out only if any.
+            fresh = [r for r in readings if watermark <= r.ts_ms < limit]
+            if len(fresh) < len(readings):
+                ahead = [r for r in readings if r.ts_ms >= limit]
+        late = len(readings) - len(fresh) - len(ahead)
         if late:
             self.late += late
             self._metrics.readings_late.inc(late)
             self._metrics.readings_dropped.labels(policy="late").inc(late)
+        if ahead:
+            self._send_ahead(ahead)
         if fresh:
             accepted = self._journal(fresh)
             if accepted:
@@ -223,7 +236,33 @@ class Pipeline:
         for item in items:
             if item.on_durable is not None:
                 item.on_durable()
-        return len(fresh)
+        return len(fresh) + len(ahead)
+
+    def _send_ahead(self, readings: list[Reading]) -> None:
+        """Readings stamped far ahead of the clock go out at once, as raw rows (window 0).
+
+        In a window they would wait, with the journal chunk they came in, until the clock got
+        there: one meter a year ahead kept every chunk, and the journal grew until the buffer was
+        full. Sent raw they cost one message per group commit; the cloud's validation judges
+        their timestamps, and a gateway whose own clock is behind (no RTC, no NTP yet) loses none.
+        """
+        rows = [
+            WindowRow(meter_id, channel, unit, ts, 1, value, value, value, value)
+            for meter_id, channel, unit, ts, value in sorted(
+                readings, key=lambda r: (r.ts_ms, r.meter_id, r.channel, r.unit)
+            )
+        ]
+        messages = self._encode(rows, Kind.TELEMETRY, window_s=0)
+        try:
+            self._buffer.commit(messages, unjournaled=len(readings))
+        except DurableBufferError as exc:
+            # As for the journal: counted, and the pipeline goes on.
+            log.error("send_ahead_failed readings=%d reason=%s", len(readings), exc)
+            self._metrics.readings_dropped.labels(policy="buffer_error").inc(len(readings))
+            return
+        self._metrics.readings_ahead.inc(len(readings))
+        self._export_buffer_drops()
+        self._raise_events(readings)
 
     def _journal(self, readings: list[Reading]) -> int:
         """Make `readings` durable; under a full buffer the configured policy decides."""
@@ -307,12 +346,16 @@ class Pipeline:
             )
         self._buffer_dropped = dropped
 
-    def _encode(self, rows: list[WindowRow], kind: Kind) -> list[OutboxMessage]:
+    def _encode(
+        self, rows: list[WindowRow], kind: Kind, window_s: int | None = None
+    ) -> list[OutboxMessage]:
+        if window_s is None:
+            window_s = 0 if kind is Kind.EVENTS else self._aggregator.window_s
         batch = ReadingBatch.from_rows(
             gateway_id=self._gateway_id,
             sequence=self._buffer.next_sequence,
             sent_ms=int(self._clock() * 1000),
-            window_s=0 if kind is Kind.EVENTS else self._aggregator.window_s,
+            window_s=window_s,
             rows=rows,
             kind=kind,
         )

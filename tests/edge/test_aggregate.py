@@ -347,7 +347,7 @@ def test_clock_went_back_only_past_two_windows_or_fifteen_minutes():
     hourly = WindowAggregator(3600, 0, closed_until_ms=T0)
     assert not hourly.clock_went_back(T0 - 2 * 3_600_000)
     assert hourly.clock_went_back(T0 - 2 * 3_600_000 - 1)
-    assert WindowAggregator(60, 0, closed_until_ms=T0, max_step_back_ms=0).clock_went_back(T0 - 1)
+    assert WindowAggregator(60, 0, closed_until_ms=T0, clock_tolerance_ms=0).clock_went_back(T0 - 1)
     assert not WindowAggregator(0, 0, closed_until_ms=T0).clock_went_back(0)  # pass-through
 
 
@@ -373,10 +373,17 @@ def test_rewind_emits_open_windows_then_moves_the_watermark_back():
     assert agg.closed_until_ms == T0 + W
 
 
-def test_max_step_back_must_be_a_non_negative_int():
+def test_ahead_limit_is_the_clock_plus_the_tolerance():
+    assert WindowAggregator(60, 0).ahead_limit(T0) == T0 + 15 * W
+    assert WindowAggregator(900, 0).ahead_limit(T0) == T0 + 30 * W
+    assert WindowAggregator(60, 0, clock_tolerance_ms=5).ahead_limit(T0) == T0 + 5
+    assert WindowAggregator(0, 0).ahead_limit(T0) is None  # pass-through: nothing waits
+
+
+def test_clock_tolerance_must_be_a_non_negative_int():
     for bad in (-1, 1.5, "60"):
-        with pytest.raises(ValueError, match="max_step_back_ms must be an int >= 0"):
-            WindowAggregator(60, 0, max_step_back_ms=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="clock_tolerance_ms must be an int >= 0"):
+            WindowAggregator(60, 0, clock_tolerance_ms=bad)  # type: ignore[arg-type]
 
 
 # --- a register that goes down --------------------------------------------------------------

@@ -283,6 +283,19 @@ def test_a_rewind_moves_the_watermark_back_only_with_the_journal_emptied(path: P
         assert buf.closed_until_ms == 500
 
 
+def test_unjournaled_readings_are_counted_in_with_their_message(path: Path) -> None:
+    with open_buffer(path) as buf:
+        with pytest.raises(ValueError, match=r"unjournaled must be in 0\.\.3"):
+            buf.commit([telemetry(0, 10, 3)], unjournaled=4)
+        buf.commit([telemetry(0, 10, 3)], unjournaled=3)
+        s = assert_consistent(buf)
+        assert (s.journaled_readings, s.outbox_readings, s.journal_readings) == (3, 3, 0)
+    with open_buffer(path, max_bytes=15, when_full="refuse_newest") as buf:
+        buf.commit([telemetry(1, 10, 2)], unjournaled=2)  # no room: dropped, and counted
+        s = assert_consistent(buf)
+        assert (s.journaled_readings, s.outbox_readings, s.dropped_readings) == (5, 3, 2)
+
+
 def test_journal_rejects_readings_before_the_watermark(path: Path) -> None:
     with open_buffer(path) as buf:
         buf.commit([], closed_until_ms=1000)

@@ -147,3 +147,71 @@ def test_a_small_step_back_keeps_the_watermark(path: Path) -> None:
     assert gw.pipeline.late == 1
     assert gw.buffer.closed_until_ms == T0 + 3 * W
     gw.buffer.close()
+
+
+def power(ts: int, meter: str) -> Reading:
+    return Reading(meter, Channel.POWER, Unit.KW, ts, 1.5)
+
+
+def test_a_meter_stamping_a_year_ahead_goes_out_raw_and_holds_no_journal(path: Path) -> None:
+    gw = Gateway(path, Clock(T0))
+    sizes = []
+    for minute in range(10):
+        for second in range(0, 60, 20):
+            now = T0 + minute * W + second * 1_000
+            good = [power(now, f"m{m}") for m in range(3)]
+            gw.feed([*good, power(now + YEAR, "bad")], now)
+        sizes.append(gw.buffer.stats().journal_bytes)
+    # Without the raw path every chunk held a reading a year ahead, and the journal grew each
+    # minute; now it holds only the open window's chunks.
+    assert len(set(sizes)) == 1
+    assert gw.metric("readings_ahead_total") == 30.0
+    assert gw.pipeline.late == 0
+    raw = [b for b in gw.sent() if b.window_s == 0]
+    assert len(raw) == 30
+    assert [(r.meter_id, r.start_ms, r.count, r.last) for b in raw for r in b.rows()] == [
+        ("bad", T0 + minute * W + second * 1_000 + YEAR, 1, 1.5)
+        for minute in range(10)
+        for second in range(0, 60, 20)
+    ]
+    windowed = [r for b in gw.sent() if b.window_s == 60 for r in b.rows()]
+    assert {r.meter_id for r in windowed} == {"m0", "m1", "m2"}
+    stats = gw.buffer.stats()
+    assert (
+        stats.journaled_readings
+        == 120
+        == (
+            stats.journal_readings
+            + stats.outbox_readings
+            + stats.delivered_readings
+            + stats.dropped_readings
+        )
+    )
+    assert stats.outbox_readings + gw.pipeline.open_readings == 120
+    gw.buffer.close()
+
+
+def test_a_gateway_clock_behind_after_a_power_cut_loses_nothing(path: Path) -> None:
+    gw = Gateway(path, Clock(T0))
+    gw.feed([energy(T0 + 1_000, 10.0)], T0 + W + 6_000)
+    gw.buffer.close()
+    # Power comes back without an RTC: the clock starts at the image's date, years behind, and
+    # the meters keep their own (right) time. The watermark rewinds; their readings go out raw.
+    booted = T0 - 3 * YEAR
+    back = Gateway(path, Clock(booted))
+    back.feed([energy(T0 + 2 * W, 11.0), energy(T0 + 2 * W + 10_000, 11.5)], booted)
+    assert back.metric("clock_rewinds_total") == 1.0
+    assert back.metric("readings_ahead_total") == 2.0
+    # NTP: the clock is right again, and readings are windowed as before.
+    back.feed([energy(T0 + 3 * W + 1_000, 12.0)], T0 + 3 * W + 2_000)
+    back.feed([], T0 + 4 * W + 6_000)
+    assert [
+        (b.window_s, r.start_ms, r.count, r.last, r.delta) for b in back.sent() for r in b.rows()
+    ] == [
+        (60, T0, 1, 10.0, 0.0),
+        (0, T0 + 2 * W, 1, 11.0, None),
+        (0, T0 + 2 * W + 10_000, 1, 11.5, None),
+        (60, T0 + 3 * W, 1, 12.0, 2.0),  # the advance since the last window, raw rows included
+    ]
+    assert back.pipeline.late == 0
+    back.buffer.close()
