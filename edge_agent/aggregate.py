@@ -47,6 +47,16 @@ MIN_CLOCK_TOLERANCE_MS = 15 * 60 * 1000
 """The least disagreement between the clock and the data that the aggregator acts on."""
 
 
+def raw_rows(readings: Iterable[Reading]) -> list[WindowRow]:
+    """Readings as raw rows (``count`` 1, every statistic the value), in time order."""
+    return [
+        WindowRow(meter_id, channel, unit, ts, 1, value, value, value, value)
+        for meter_id, channel, unit, ts, value in sorted(
+            readings, key=lambda r: (r.ts_ms, r.meter_id, r.channel, r.unit)
+        )
+    ]
+
+
 @dataclass(frozen=True)
 class ClosedWindows:
     """Window rows closed by one call, sorted by (start_ms, meter_id, channel, unit).
@@ -261,12 +271,8 @@ class WindowAggregator:
         return (now_ms - self._lateness_ms) // self._window_ms * self._window_ms
 
     def _flush_raw(self) -> ClosedWindows:
-        raw = sorted(self._raw, key=lambda r: (r.ts_ms, r.meter_id, r.channel, r.unit))
+        rows = raw_rows(self._raw)
         self._raw = []
-        rows = [
-            WindowRow(meter_id, channel, unit, ts, 1, value, value, value, value)
-            for meter_id, channel, unit, ts, value in raw
-        ]
         return ClosedWindows(rows, len(rows))
 
     def _close(self, starts: list[int]) -> ClosedWindows:

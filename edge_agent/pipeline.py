@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from edge_agent.aggregate import ClosedWindows, WindowAggregator
+from edge_agent.aggregate import ClosedWindows, WindowAggregator, raw_rows
 from edge_agent.buffer import DurableBuffer, OutboxMessage, Registers
 from edge_agent.errors import DurableBufferError
 from edge_agent.metrics import AgentMetrics
@@ -246,13 +246,7 @@ class Pipeline:
         full. Sent raw they cost one message per group commit; the cloud's validation judges
         their timestamps, and a gateway whose own clock is behind (no RTC, no NTP yet) loses none.
         """
-        rows = [
-            WindowRow(meter_id, channel, unit, ts, 1, value, value, value, value)
-            for meter_id, channel, unit, ts, value in sorted(
-                readings, key=lambda r: (r.ts_ms, r.meter_id, r.channel, r.unit)
-            )
-        ]
-        messages = self._encode(rows, Kind.TELEMETRY, window_s=0)
+        messages = self._encode(raw_rows(readings), Kind.TELEMETRY, window_s=0)
         try:
             self._buffer.commit(messages, unjournaled=len(readings))
         except DurableBufferError as exc:
