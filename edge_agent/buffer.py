@@ -7,8 +7,8 @@ acknowledges them. A one-row **meta** table keeps the sequence counter, the aggr
 and the reading counters; every write updates it in the same transaction, so the accounting is
 exact across crashes and restarts. The **registers** table keeps, per counter series, the last
 register reading already emitted, so a window's register advance (`delta`) still starts from it
-after a restart. See docs/edge-buffer.md for the schema, the accounting
-invariant, the full policies and the corruption handling.
+after a restart. See docs/edge-buffer.md for the schema, the accounting invariant, the full
+policies and the corruption handling.
 
 One connection, guarded by a lock, serves two threads: the pipeline thread writes (`journal`,
 `commit`), the publisher thread reads and acknowledges (`pending`, `ack`).

@@ -123,15 +123,19 @@ class Pipeline:
         return restored
 
     def step(self, timeout_s: float = _TICK_S) -> int:
-        """Ingest what has arrived (waiting up to `timeout_s`), then close due windows."""
+        """Ingest what has arrived (waiting up to `timeout_s`), then close due windows.
+
+        A clock set back past the watermark is noticed first (see `_rewind`), so the readings of
+        the time between are not counted late.
+        """
         if self._refusing:
             self._refusing = self._buffer.used_bytes >= self._buffer_max_bytes
         items = self._drain(timeout_s)
-        now_ms = int(self._clock() * 1000)
+        now_ms = self._now_ms()
         if self._aggregator.clock_went_back(now_ms):
-            self._rewind(now_ms)  # before the readings, so those of the time between count
-        ingested = self._ingest(items) if items else 0
-        self._close(self._aggregator.close_due(int(self._clock() * 1000)))
+            self._rewind(now_ms)
+        ingested = self._ingest(items, now_ms) if items else 0
+        self._close(self._aggregator.close_due(self._now_ms()))
         return ingested
 
     def stop_accepting(self) -> None:
@@ -144,7 +148,7 @@ class Pipeline:
             items = self._drain(0)
             if not items:
                 break
-            self._ingest(items)
+            self._ingest(items, self._now_ms())
 
     def flush(self) -> None:
         """Ingest what is left, then close every open window now (partial windows)."""
@@ -207,12 +211,15 @@ class Pipeline:
             size += len(item.readings)
         return items
 
-    def _ingest(self, items: list[_Intake]) -> int:
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _ingest(self, items: list[_Intake], now_ms: int) -> int:
         readings: list[Reading] = []
         for item in items:
             readings.extend(item.readings)
         watermark = self._aggregator.closed_until_ms
-        limit = self._aggregator.ahead_limit(int(self._clock() * 1000))
+        limit = self._aggregator.ahead_limit(now_ms)
         ahead: list[Reading] = []
         if limit is None:  # pass-through: nothing waits for the clock
             fresh = [r for r in readings if r.ts_ms >= watermark] if watermark else readings
@@ -348,7 +355,7 @@ class Pipeline:
         batch = ReadingBatch.from_rows(
             gateway_id=self._gateway_id,
             sequence=self._buffer.next_sequence,
-            sent_ms=int(self._clock() * 1000),
+            sent_ms=self._now_ms(),
             window_s=window_s,
             rows=rows,
             kind=kind,
