@@ -176,6 +176,15 @@ class EpisodeTracker:
         self._grow(int(index.max(initial=-1)) + 1)
         return self._active[index]
 
+    def discard(self, rows: npt.ArrayLike) -> None:
+        """Close the open episodes of ``rows`` without an alert: the caller reported their end."""
+        index = np.asarray(rows, dtype=np.int64)
+        self._grow(int(index.max(initial=-1)) + 1)
+        self._active[index] = False
+        self._opened[index] = 0
+        for row in index.tolist():
+            self._evidence.pop(row, None)
+
     def open_alerts(self, keys: SeriesKeys) -> list[Alert]:
         """Every currently open episode, ordered by row."""
         rows = np.flatnonzero(self._active)

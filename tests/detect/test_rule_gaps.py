@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -346,3 +347,129 @@ def test_estimates_never_enter_the_windows(batch: int) -> None:
     assert with_estimates.snapshot() == without.snapshot()
     assert [a for d in found for a in d.alerts] == [a for d in plain for a in d.alerts]
     assert [d.quality.tolist() for d in found] == [d.quality.tolist() for d in plain]
+
+
+# --- the live sweep: a meter that falls silent is found before its next reading ----------------
+
+S0 = T0 + 3 * CADENCE  # the silent meter's newest reading
+
+
+def silent_engine(*, also_quiet: bool = False) -> Engine:
+    """Meter "s" heard until S0; ``also_quiet``: meter "q" too, until S0 + 3 h."""
+    engine = gap_engine()
+    readings = [at("s", T0 + i * CADENCE) for i in range(4)]
+    if also_quiet:
+        readings += [at("q", T0 + i * CADENCE) for i in range(16)]
+    engine.process(columns(readings))
+    return engine
+
+
+def live(rule: str, opened: int, gap_h: float, resolved: int | None = None) -> Alert:
+    """A gap episode opened by the sweep: its evidence is the gap when the sweep saw it."""
+    maker = short if rule == "missing_short" else extended
+    return dataclasses.replace(maker("s", opened, 0, gap_h), resolved_ms=resolved)
+
+
+def test_sweep_opens_missing_short_at_four_hours_of_silence_and_only_once() -> None:
+    engine = silent_engine(also_quiet=True)  # "q": silent for 1 h at S0 + 4 h
+    assert engine.sweep(S0 + 4 * HOUR - 1) == []
+    opened = engine.sweep(S0 + 4 * HOUR)
+    assert opened == [live("missing_short", S0, 4.0)]
+    assert engine.sweep(S0 + 5 * HOUR) == []  # still open: no second alert
+    assert engine.open_alerts() == opened
+    assert engine.sweep(S0 + HOUR) == []  # a clock set back leaves it open
+    assert engine.open_alerts() == opened
+
+
+def test_the_retrospective_alert_resolves_the_live_episode_under_its_id() -> None:
+    engine = silent_engine(also_quiet=True)
+    (opened,) = engine.sweep(S0 + 5 * HOUR)
+    found = engine.process(columns([at("s", S0 + 6 * HOUR), at("q", S0 + 6 * HOUR)]))
+    assert found.alerts == [short("s", S0, S0 + 6 * HOUR, 6.0)]  # one alert, final evidence
+    assert found.alerts[0].episode_id == opened.episode_id
+    assert engine.open_alerts() == []
+    assert engine.sweep(S0 + 6 * HOUR) == []
+
+
+def test_silence_past_a_day_escalates_to_missing_extended() -> None:
+    engine = silent_engine()
+    engine.sweep(S0 + 4 * HOUR)
+    assert engine.sweep(S0 + 24 * HOUR - 1) == []
+    escalated = engine.sweep(S0 + 30 * HOUR)
+    # missing_short ended when the gap reached 24 h, whenever the sweep noticed.
+    assert escalated == [
+        live("missing_extended", S0, 30.0),
+        live("missing_short", S0, 4.0, resolved=S0 + 24 * HOUR),
+    ]
+    assert engine.open_alerts() == [live("missing_extended", S0, 30.0)]
+    back = engine.process(columns([at("s", S0 + 50 * HOUR)]))
+    assert back.alerts == [extended("s", S0, S0 + 50 * HOUR, 50.0)]
+    assert back.alerts[0].episode_id == escalated[0].episode_id
+    assert engine.open_alerts() == []
+
+
+def test_a_return_past_a_day_without_a_sweep_between_ends_missing_short_at_24_hours() -> None:
+    engine = silent_engine()
+    engine.sweep(S0 + 5 * HOUR)
+    back = engine.process(columns([at("s", S0 + 30 * HOUR)]))
+    assert back.alerts == [
+        live("missing_short", S0, 5.0, resolved=S0 + 24 * HOUR),
+        extended("s", S0, S0 + 30 * HOUR, 30.0),
+    ]
+    assert engine.open_alerts() == []
+
+
+@pytest.mark.parametrize("batch", [1, 3, 10])
+def test_a_late_backlog_with_no_gap_ends_the_live_episode_at_its_first_reading(
+    batch: int,
+) -> None:
+    engine = silent_engine()
+    engine.sweep(S0 + 5 * HOUR)  # the gateway was offline, its agent kept the readings
+    backlog = [at("s", S0 + i * CADENCE) for i in range(1, 11)]
+    found = run(engine, backlog, batch)
+    assert [a for d in found for a in d.alerts] == [
+        live("missing_short", S0, 5.0, resolved=S0 + CADENCE)
+    ]
+    assert engine.open_alerts() == []
+
+
+def test_a_rejected_reading_does_not_end_the_silence() -> None:
+    engine = silent_engine()
+    engine.sweep(S0 + 5 * HOUR)
+    found = engine.process(columns([at("s", S0), at("s", S0 + 2 * HOUR, value=float("nan"))]))
+    assert found.flags.tolist() == [int(Flag.BACKDATED), int(Flag.NOT_FINITE)]
+    assert found.alerts == []
+    assert engine.open_alerts() == [live("missing_short", S0, 5.0)]
+
+
+def test_live_episodes_survive_snapshot_and_restore() -> None:
+    engine = silent_engine()
+    engine.sweep(S0 + 5 * HOUR)
+    restored = Engine.restore(
+        engine.snapshot(), [MissingShortDetector(), MissingExtendedDetector()]
+    )
+    assert restored.open_alerts() == [live("missing_short", S0, 5.0)]
+    assert restored.sweep(S0 + 6 * HOUR) == []
+    back = restored.process(columns([at("s", S0 + 30 * HOUR)]))
+    assert back.alerts == [
+        live("missing_short", S0, 5.0, resolved=S0 + 24 * HOUR),
+        extended("s", S0, S0 + 30 * HOUR, 30.0),
+    ]
+
+
+def test_sweep_finds_every_silent_series_and_nothing_without_gap_rules() -> None:
+    engine = silent_engine(also_quiet=True)
+    opened = engine.sweep(S0 + 7 * HOUR)
+    assert [(a.meter_id, a.rule, a.opened_ms) for a in opened] == [
+        ("s", "missing_short", S0),
+        ("q", "missing_short", T0 + 15 * CADENCE),
+    ]
+    # A series with a row but no reading yet (its only reading, before 1970, was refused):
+    # there is no silence to measure.
+    refused = engine.process(columns([at("pre-epoch", -5)]))
+    assert refused.flags.tolist() == [int(Flag.BACKDATED)]
+    assert engine.sweep(S0 + 7 * HOUR) == []
+    assert Engine([]).sweep(S0 + 100 * HOUR) == []
+    others = Engine(default_detectors()[:3])
+    others.process(columns([at("s", T0)]))
+    assert others.sweep(T0 + 100 * HOUR) == []

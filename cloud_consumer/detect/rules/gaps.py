@@ -8,8 +8,10 @@ score loses 10 per interpolated hour); a longer gap is not estimated but reporte
 Gap episodes are retrospective: the gap is known only once it has ended, so each is reported as
 one alert that opened at the last reading before the gap and resolved at the first one after
 (``Scores.since_ms``). The ids are therefore the same whichever reading or batch revealed the gap.
-A meter that falls silent and stays silent is the live consumer's sweep's business (it knows the
-wall clock); a replay finds every gap that ends within the file.
+A meter that falls silent and stays silent never sends that reading: the live consumer, which
+knows the wall clock, sweeps for such series (:meth:`MissingDataDetector.silent`, driven by
+:meth:`~cloud_consumer.detect.engine.Engine.sweep`) and opens their episodes under the same ids.
+A replay finds every gap that ends within the file.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy.typing as npt
 from cloud_consumer.analytics import HOUR_MS
 from cloud_consumer.detect.base import Frame, RuleKind, Scores, constant
 from cloud_consumer.detect.episodes import Severity
-from cloud_consumer.detect.state import FloatArray, IntArray, SeriesTable
+from cloud_consumer.detect.state import BoolArray, FloatArray, IntArray, SeriesTable
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,32 @@ class MissingDataDetector:
 
     def learn(self, frame: Frame, table: SeriesTable) -> None:
         """Nothing to learn: the previous reading lives in the table."""
+
+    def silent(self, newest_ts: IntArray, now_ms: int) -> BoolArray:
+        """Where a series last heard of at ``newest_ts`` is, at ``now_ms``, in this rule's range.
+
+        The live sweep's test: the gap so far is at least ``min_gap_ms`` and, with an upper
+        bound, still under ``max_gap_ms``. A series with no reading (-1) is not silent.
+        """
+        config = self.config
+        silence = now_ms - newest_ts
+        holds = (newest_ts >= 0) & (silence >= config.min_gap_ms)
+        if config.max_gap_ms is not None:
+            holds &= silence < config.max_gap_ms
+        return holds
+
+    def ended_ms(self, since_ms: IntArray, at_ms: IntArray) -> IntArray:
+        """When a live episode opened at ``since_ms`` ends if the series is heard at ``at_ms``.
+
+        Where it is not this rule's gap: a silence that outgrew the range ended the episode the
+        moment it did (``since + max_gap_ms``; the next rule's episode took over); one that
+        turned out shorter (a backlog delivered late, the series complete) ends at ``at_ms``.
+        """
+        limit = self.config.max_gap_ms
+        if limit is None:
+            return at_ms
+        ended: IntArray = np.minimum(at_ms, since_ms + limit)
+        return ended
 
 
 class MissingShortDetector(MissingDataDetector):
