@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cloud_consumer.detect.engine import Detection, Engine
 from cloud_consumer.detect.episodes import Alert
@@ -473,3 +475,47 @@ def test_sweep_finds_every_silent_series_and_nothing_without_gap_rules() -> None
     others = Engine(default_detectors()[:3])
     others.process(columns([at("s", T0)]))
     assert others.sweep(T0 + 100 * HOUR) == []
+
+
+QUARTERS = st.integers(min_value=1, max_value=40 * 4)  # a gap of up to 40 h, in 15-min steps
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(QUARTERS, st.lists(st.integers(min_value=0, max_value=40 * 4), max_size=4)),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_sweeps_between_readings_leave_the_retrospective_alerts_as_they_were(
+    plan: list[tuple[int, list[int]]],
+) -> None:
+    """Sweeps while a meter is silent add only the ``missing_short`` a day-long gap outgrew.
+
+    Each step: a gap (15-minute steps), and sweeps at offsets into it (those before its end).
+    Alerts are written to a store by id, last write winning, as the alert sink does.
+    """
+    quiet, swept = gap_engine(), gap_engine()
+    readings: list[Reading] = [at("p", T0)]
+    for engine in (quiet, swept):
+        engine.process(columns(readings))
+    expected: dict[str, Alert] = {}
+    store: dict[str, Alert] = {}
+    ts = T0
+    for quarters, offsets in plan:
+        gap = quarters * CADENCE
+        seen_in_range = [o * CADENCE for o in sorted(offsets) if 4 * HOUR <= o * CADENCE < gap]
+        for offset in sorted(o * CADENCE for o in offsets if o * CADENCE < gap):
+            store.update((a.episode_id, a) for a in swept.sweep(ts + offset))
+        reading = [at("p", ts + gap)]
+        for alert in quiet.process(columns(reading)).alerts:
+            expected[alert.episode_id] = alert
+        store.update((a.episode_id, a) for a in swept.process(columns(reading)).alerts)
+        outgrown = [o for o in seen_in_range if o < 24 * HOUR]
+        if gap >= 24 * HOUR and outgrown:
+            extra = short("p", ts, ts + 24 * HOUR, outgrown[0] / HOUR)
+            expected[extra.episode_id] = extra
+        ts += gap
+    assert store == expected
+    assert swept.open_alerts() == []
