@@ -177,7 +177,7 @@ def parse_timestamp(raw: object) -> int:
         except ValueError:
             number = None
         if number is None:
-            moment = datetime.fromisoformat(text)  # ValueError for non-ISO text
+            moment = _iso(text)
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=UTC)  # naive means UTC
             ms = (moment - _EPOCH) // _MS
@@ -190,6 +190,19 @@ def parse_timestamp(raw: object) -> int:
     if not 0 <= ms <= MAX_TIMESTAMP_MS:
         raise ValueError(f"timestamp {_short(raw)} outside 1970..2200")
     return ms
+
+
+def _iso(text: str) -> datetime:
+    """``datetime.fromisoformat``, with errors that name the text (Python's may not)."""
+    if not text:
+        raise ValueError("timestamp is empty")
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as error:
+        reason = str(error)
+        if reason.startswith("Invalid isoformat"):
+            reason = "neither ISO-8601 nor epoch seconds"
+        raise ValueError(f"timestamp {_short(text)}: {reason}") from None
 
 
 def _epoch_ms(number: float) -> int:

@@ -155,10 +155,24 @@ def test_timestamps(raw: object, ms: int) -> None:
     assert parse_timestamp(raw) == ms
 
 
-@pytest.mark.parametrize("raw", ["yesterday", "", "nan", "inf", "-1", "2300-01-01T00:00:00Z", True])
-def test_bad_timestamps(raw: object) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("yesterday", "timestamp 'yesterday': neither ISO-8601 nor epoch seconds"),
+        ("", "timestamp is empty"),
+        ("  ", "timestamp is empty"),
+        ("2026-13-01T00:00:00Z", "timestamp '2026-13-01T00:00:00Z': month must be in 1..12"),
+        ("nan", "timestamp nan"),
+        ("inf", "timestamp inf"),
+        ("-1", "timestamp '-1' outside 1970..2200"),
+        ("2300-01-01T00:00:00Z", "timestamp '2300-01-01T00:00:00Z' outside 1970..2200"),
+        (True, "not a timestamp: True"),
+    ],
+)
+def test_bad_timestamps(raw: object, reason: str) -> None:
+    with pytest.raises(ValueError) as caught:
         parse_timestamp(raw)
+    assert str(caught.value) == reason
 
 
 def test_csv_iso_and_epoch_mixed(tmp_path: Path) -> None:
@@ -198,7 +212,7 @@ def test_csv_malformed_rows_are_reported_and_skipped(tmp_path: Path) -> None:
         (4, "bad_value: value 'abc' is not a number"),
         (5, "non_finite: value 'nan'"),
         (7, "non_finite: value 'inf'"),
-        (8, "bad_timestamp: Invalid isoformat string: 'soon'"),
+        (8, "bad_timestamp: timestamp 'soon': neither ISO-8601 nor epoch seconds"),
         (9, "bad_meter_id: meter id 'bad id'"),
         (10, "unknown_unit: unit 'furlongs'"),
         (11, "column_count: expected 4 fields, got 5"),
