@@ -305,8 +305,10 @@ class Engine:
         rule's :meth:`~cloud_consumer.detect.rules.gaps.MissingDataDetector.ended_ms` says when
         it ended, and the tracker reports it.
         """
+        if found.since is None or not isinstance(detector, MissingDataDetector):
+            return []
         where = np.flatnonzero(tracker.is_open(frame.rows))
-        if not where.size or found.since is None or not isinstance(detector, MissingDataDetector):
+        if not where.size:
             return []
         _, first = np.unique(frame.rows[where], return_index=True)
         where = where[first]
